@@ -1,0 +1,308 @@
+"""The field catalogue rules can read, and the flattening of a request into facts.
+
+This module is the contract between the domain and the rule engine: rule
+files name fields by the dotted names declared in `FIELDS`, and `facts()`
+produces exactly those names (minus identifiers, which never reach the rule
+engine in clear text; see `identifiers()`).
+
+Person fields exist under the person's role in the event (`applicant.*`,
+`companion.*`, `buyer.*`, `payer.*`, `holder.*`) and under `person.*`, the
+screened person of any event kind, so that one rule can cover openings and
+SIM sales alike.
+
+Optional values (an unknown payee account age, no companion) are absent from
+the facts rather than present as null: a comparison on an absent value is
+false.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service.domain import (
+    CardOpening,
+    Closure,
+    EventKind,
+    Person,
+    ScreenRequest,
+    SimSale,
+    Transfer,
+    local_time,
+)
+
+Scalar = int | float | bool | str
+
+
+class FieldType(enum.StrEnum):
+    NUMBER = "number"
+    BOOL = "bool"
+    STRING = "string"
+    # Personal or account identifiers: usable as counter keys and in list
+    # membership tests (`payee_account in list.fraud_accounts`), never
+    # compared or shown in clear.
+    IDENTIFIER = "identifier"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str
+    type: FieldType
+    kinds: frozenset[EventKind]
+    description: str
+    optional: bool = False
+
+
+ALL_KINDS = frozenset(EventKind)
+_K = EventKind.CARD_OPENING
+_S = EventKind.SIM_SALE
+_T = EventKind.TRANSFER
+_C = EventKind.CLOSURE
+
+_PERSON_FIELDS: tuple[tuple[str, FieldType, str, bool], ...] = (
+    ("id_number", FieldType.IDENTIFIER, "resident ID number", False),
+    ("phone", FieldType.IDENTIFIER, "mobile number", True),
+    ("address", FieldType.IDENTIFIER, "residential address", True),
+    ("age", FieldType.NUMBER, "age in whole years on the event date (China local time)", False),
+    ("sex", FieldType.STRING, "'male' or 'female', from the ID number", False),
+    ("province", FieldType.STRING, "2-digit code of the ID's issuing province, e.g. '44'", False),
+    ("region_code", FieldType.STRING, "6-digit code of the ID's issuing region", False),
+    ("region_known", FieldType.BOOL, "the issuing region is in the division-code table", False),
+    ("non_local", FieldType.BOOL, "the ID's issuing province differs from the outlet's", False),
+    ("has_phone", FieldType.BOOL, "a phone number was given", False),
+    ("has_address", FieldType.BOOL, "an address was given", False),
+)
+
+_ROLES: dict[str, frozenset[EventKind]] = {
+    "person": ALL_KINDS,
+    "applicant": frozenset({_K}),
+    "companion": frozenset({_K}),
+    "buyer": frozenset({_S}),
+    "payer": frozenset({_T}),
+    "holder": frozenset({_C}),
+}
+
+# name, type, kinds, description, optional
+_EVENT_FIELDS: tuple[tuple[str, FieldType, frozenset[EventKind], str, bool], ...] = (
+    ("event", FieldType.STRING, ALL_KINDS, "event kind: card_opening, sim_sale, transfer, closure", False),
+    ("outlet.institution_id", FieldType.STRING, ALL_KINDS, "bank or carrier code", False),
+    ("outlet.outlet_id", FieldType.STRING, ALL_KINDS, "branch or shop", False),
+    ("outlet.clerk_id", FieldType.STRING, ALL_KINDS, "clerk or agent ('' for self-service)", False),
+    ("outlet.region_code", FieldType.STRING, ALL_KINDS, "outlet's 6-digit region code", False),
+    ("outlet.province", FieldType.STRING, ALL_KINDS, "outlet's 2-digit province code", False),
+    ("local_hour", FieldType.NUMBER, ALL_KINDS, "hour of occurred_at in China local time, 0-23", False),
+    ("weekday", FieldType.NUMBER, ALL_KINDS, "day of week of occurred_at, 1 = Monday ... 7 = Sunday", False),
+    # card openings
+    ("card_opening.account_class", FieldType.STRING, frozenset({_K}), "'I', 'II' or 'III'", False),
+    ("card_opening.has_companion", FieldType.BOOL, frozenset({_K}), "a companion came along", False),
+    (
+        "card_opening.companion_relation",
+        FieldType.STRING,
+        frozenset({_K}),
+        "'relative', 'non_relative' or 'unspecified'",
+        False,
+    ),
+    (
+        "card_opening.requested_daily_limit_fen",
+        FieldType.NUMBER,
+        frozenset({_K}),
+        "requested non-counter daily limit in fen (0 = default)",
+        False,
+    ),
+    ("card_opening.limited_function", FieldType.BOOL, frozenset({_K}), "limited-function account", False),
+    (
+        "card_opening.identity_check",
+        FieldType.STRING,
+        frozenset({_K}),
+        "'passed', 'face_mismatch', 'reported_lost', 'invalid' or 'unspecified'",
+        False,
+    ),
+    ("card_opening.has_local_tie", FieldType.BOOL, frozenset({_K}), "applicant showed a local tie", False),
+    ("card_opening.has_device", FieldType.BOOL, frozenset({_K}), "a device id was given", False),
+    ("card_opening.device_id", FieldType.IDENTIFIER, frozenset({_K}), "device id", True),
+    ("card_opening.account_number", FieldType.IDENTIFIER, frozenset({_K}), "new account number", True),
+    # SIM sales
+    (
+        "sim_sale.carrier",
+        FieldType.STRING,
+        frozenset({_S}),
+        "'china_mobile', 'china_unicom', 'china_telecom' or 'china_broadnet'",
+        False,
+    ),
+    ("sim_sale.quantity", FieldType.NUMBER, frozenset({_S}), "SIM cards in this sale", False),
+    ("sim_sale.iot", FieldType.BOOL, frozenset({_S}), "IoT cards", False),
+    (
+        "sim_sale.identity_check",
+        FieldType.STRING,
+        frozenset({_S}),
+        "'passed', 'face_mismatch', 'reported_lost', 'invalid' or 'unspecified'",
+        False,
+    ),
+    ("sim_sale.has_local_tie", FieldType.BOOL, frozenset({_S}), "buyer showed a local tie", False),
+    ("sim_sale.has_device", FieldType.BOOL, frozenset({_S}), "a device id was given", False),
+    ("sim_sale.device_id", FieldType.IDENTIFIER, frozenset({_S}), "device id", True),
+    # transfers
+    ("transfer.payer_account", FieldType.IDENTIFIER, frozenset({_T}), "payer's account number", False),
+    ("transfer.payee_account", FieldType.IDENTIFIER, frozenset({_T}), "payee's account number", False),
+    ("transfer.payee_bank", FieldType.STRING, frozenset({_T}), "payee's bank code", False),
+    ("transfer.amount_fen", FieldType.NUMBER, frozenset({_T}), "amount in fen", False),
+    ("transfer.currency", FieldType.STRING, frozenset({_T}), "ISO 4217 code, e.g. 'CNY'", False),
+    ("transfer.channel", FieldType.STRING, frozenset({_T}), "'counter', 'online', 'mobile' or 'atm'", False),
+    (
+        "transfer.payee_account_age_days",
+        FieldType.NUMBER,
+        frozenset({_T}),
+        "whole days since the payee account was opened (absent when unknown)",
+        True,
+    ),
+    ("transfer.device_id", FieldType.IDENTIFIER, frozenset({_T}), "payer's device id", True),
+    ("transfer.ip_region_code", FieldType.STRING, frozenset({_T}), "device/IP 6-digit region code", True),
+    ("transfer.ip_province", FieldType.STRING, frozenset({_T}), "device/IP 2-digit province code", True),
+    ("transfer.payee_country", FieldType.STRING, frozenset({_T}), "payee bank's country, e.g. 'CN'", False),
+    ("transfer.cross_border", FieldType.BOOL, frozenset({_T}), "payee bank is outside mainland China", False),
+    (
+        "transfer.same_bank",
+        FieldType.BOOL,
+        frozenset({_T}),
+        "payee bank is the screening institution",
+        False,
+    ),
+    # closures
+    ("closure.target", FieldType.STRING, frozenset({_C}), "'bank_account' or 'sim'", False),
+    ("closure.account_class", FieldType.STRING, frozenset({_C}), "class of the closed account", True),
+    ("closure.carrier", FieldType.STRING, frozenset({_C}), "carrier of the closed SIM", True),
+    ("closure.account_number", FieldType.IDENTIFIER, frozenset({_C}), "closed account number", True),
+    ("closure.msisdn", FieldType.IDENTIFIER, frozenset({_C}), "closed SIM's mobile number", True),
+)
+
+
+def _catalogue() -> dict[str, FieldSpec]:
+    fields: dict[str, FieldSpec] = {}
+    for name, ftype, kinds, description, optional in _EVENT_FIELDS:
+        fields[name] = FieldSpec(name, ftype, kinds, description, optional)
+    for role, kinds in _ROLES.items():
+        for leaf, ftype, description, optional in _PERSON_FIELDS:
+            name = f"{role}.{leaf}"
+            # A companion is optional as a whole.
+            is_optional = optional or role == "companion"
+            fields[name] = FieldSpec(name, ftype, kinds, f"{role}: {description}", is_optional)
+    return fields
+
+
+FIELDS: Mapping[str, FieldSpec] = _catalogue()
+
+
+def _person(prefix: str, person: Person, out: dict[str, Scalar]) -> None:
+    out[f"{prefix}.age"] = person.age
+    out[f"{prefix}.sex"] = person.sex.value
+    out[f"{prefix}.province"] = person.province_code
+    out[f"{prefix}.region_code"] = person.region_code
+    out[f"{prefix}.region_known"] = person.region_known
+    out[f"{prefix}.non_local"] = person.non_local
+    out[f"{prefix}.has_phone"] = bool(person.phone)
+    out[f"{prefix}.has_address"] = bool(person.address)
+
+
+def _person_ids(prefix: str, person: Person, out: dict[str, str]) -> None:
+    out[f"{prefix}.id_number"] = person.id_number
+    if person.phone:
+        out[f"{prefix}.phone"] = person.phone
+    if person.address:
+        out[f"{prefix}.address"] = person.address
+
+
+def facts(request: ScreenRequest) -> dict[str, Scalar]:
+    """Every non-identifier field of `FIELDS` that has a value for `request`."""
+    out: dict[str, Scalar] = {"event": request.kind.value}
+    outlet = request.outlet
+    out["outlet.institution_id"] = outlet.institution_id
+    out["outlet.outlet_id"] = outlet.outlet_id
+    out["outlet.clerk_id"] = outlet.clerk_id
+    out["outlet.region_code"] = outlet.region_code
+    out["outlet.province"] = outlet.province_code
+    local = local_time(request.occurred_at)
+    out["local_hour"] = local.hour
+    out["weekday"] = local.isoweekday()
+    _person("person", request.subject, out)
+
+    event = request.event
+    if isinstance(event, CardOpening):
+        _person("applicant", event.applicant, out)
+        if event.companion is not None:
+            _person("companion", event.companion, out)
+        out["card_opening.account_class"] = event.account_class.value
+        out["card_opening.has_companion"] = event.companion is not None
+        out["card_opening.companion_relation"] = event.companion_relation.value
+        out["card_opening.requested_daily_limit_fen"] = event.requested_daily_limit_fen
+        out["card_opening.limited_function"] = event.limited_function
+        out["card_opening.identity_check"] = event.identity_check.value
+        out["card_opening.has_local_tie"] = event.has_local_tie
+        out["card_opening.has_device"] = bool(event.device_id)
+    elif isinstance(event, SimSale):
+        _person("buyer", event.buyer, out)
+        out["sim_sale.carrier"] = event.carrier.value
+        out["sim_sale.quantity"] = event.quantity
+        out["sim_sale.iot"] = event.iot
+        out["sim_sale.identity_check"] = event.identity_check.value
+        out["sim_sale.has_local_tie"] = event.has_local_tie
+        out["sim_sale.has_device"] = bool(event.device_id)
+    elif isinstance(event, Transfer):
+        _person("payer", event.payer, out)
+        out["transfer.payee_bank"] = event.payee_bank
+        out["transfer.amount_fen"] = event.amount_fen
+        out["transfer.currency"] = event.currency
+        out["transfer.channel"] = event.channel.value
+        if event.payee_account_opened_at is not None:
+            age = request.occurred_at - event.payee_account_opened_at
+            out["transfer.payee_account_age_days"] = max(0, age.days)
+        if event.ip_region_code:
+            out["transfer.ip_region_code"] = event.ip_region_code
+            out["transfer.ip_province"] = event.ip_region_code[:2]
+        out["transfer.payee_country"] = event.payee_country
+        out["transfer.cross_border"] = event.payee_country != "CN"
+        out["transfer.same_bank"] = event.payee_bank == outlet.institution_id
+    elif isinstance(event, Closure):
+        _person("holder", event.holder, out)
+        out["closure.target"] = "bank_account" if event.account_number else "sim"
+        if event.account_class is not None:
+            out["closure.account_class"] = event.account_class.value
+        if event.carrier is not None:
+            out["closure.carrier"] = event.carrier.value
+    return out
+
+
+def identifiers(request: ScreenRequest) -> dict[str, str]:
+    """The identifier fields of `request` in clear text.
+
+    Only the counter and watchlist layer reads these, and it hashes them
+    (HMAC) before anything leaves the process.
+    """
+    out: dict[str, str] = {}
+    _person_ids("person", request.subject, out)
+    event = request.event
+    if isinstance(event, CardOpening):
+        _person_ids("applicant", event.applicant, out)
+        if event.companion is not None:
+            _person_ids("companion", event.companion, out)
+        if event.device_id:
+            out["card_opening.device_id"] = event.device_id
+        if event.account_number:
+            out["card_opening.account_number"] = event.account_number
+    elif isinstance(event, SimSale):
+        _person_ids("buyer", event.buyer, out)
+        if event.device_id:
+            out["sim_sale.device_id"] = event.device_id
+    elif isinstance(event, Transfer):
+        _person_ids("payer", event.payer, out)
+        out["transfer.payer_account"] = event.payer_account
+        out["transfer.payee_account"] = event.payee_account
+        if event.device_id:
+            out["transfer.device_id"] = event.device_id
+    elif isinstance(event, Closure):
+        _person_ids("holder", event.holder, out)
+        if event.account_number:
+            out["closure.account_number"] = event.account_number
+        if event.msisdn:
+            out["closure.msisdn"] = event.msisdn
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -53,10 +54,9 @@ def test_stop_terminates_the_child(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path, RedisOptions(persistent=False))
     server.start()
     pid = server.pid
-    assert pid is not None and server.running
+    assert pid is not None
+    assert server.running
     server.stop()
-    assert not server.running
+    assert server.pid is None
     with pytest.raises(ProcessLookupError):
-        import os
-
         os.kill(pid, 0)

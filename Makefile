@@ -34,10 +34,13 @@ $(GEN)/.stamp: $(PROTOS) $(STAMP)
 	rm -rf $(GEN)
 	mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -Iproto \
-		--python_out=$(GEN) --pyi_out=$(GEN) --grpc_python_out=$(GEN) $(PROTOS)
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--python_out=$(GEN) --grpc_python_out=$(GEN) --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTOS)
 	find $(GEN) -type d -exec touch {}/__init__.py \;
 	find $(GEN) -name '*.py' -o -name '*.pyi' | xargs sed -i -E \
-		's/^from riskgate\.v1 import /from service._gen.riskgate.v1 import /'
+		-e 's/^from riskgate\.v1 import /from service._gen.riskgate.v1 import /' \
+		-e 's/^import riskgate\.v1\.([a-z0-9_]+)$$/from service._gen.riskgate.v1 import \1/' \
+		-e 's/([^.a-z_])riskgate\.v1\.([a-z0-9_]+_pb2)\./\1\2./g'
 	touch $@
 
 # A redis-server binary for the embedded default and the test fixtures:

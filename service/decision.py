@@ -1,0 +1,43 @@
+"""Combining fired rules into one decision: pure, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from service.domain import Decision, EventKind, Outcome, Reason
+
+
+def order_reasons(reasons: Iterable[Reason]) -> tuple[Reason, ...]:
+    """Most severe first, then by priority (lower first), then by rule id, so the order is stable."""
+    return tuple(sorted(reasons, key=lambda r: (-int(r.outcome), r.priority, r.rule_id)))
+
+
+def outcome_of(reasons: Iterable[Reason]) -> Outcome:
+    """The most severe outcome among enforced reasons; ALLOW when none. Shadow rules never count."""
+    return max((r.outcome for r in reasons if not r.shadow), default=Outcome.ALLOW)
+
+
+def decide(
+    *,
+    request_id: str,
+    decision_id: str,
+    kind: EventKind,
+    reasons: Iterable[Reason],
+    ruleset_revision: str,
+    degraded: bool,
+    decided_at: datetime,
+    evaluation_time: timedelta,
+) -> Decision:
+    ordered = order_reasons(reasons)
+    return Decision(
+        request_id=request_id,
+        decision_id=decision_id,
+        outcome=outcome_of(ordered),
+        reasons=ordered,
+        ruleset_revision=ruleset_revision,
+        degraded=degraded,
+        decided_at=decided_at,
+        evaluation_time=evaluation_time,
+        kind=kind,
+    )

@@ -1,0 +1,173 @@
+"""Typed settings from RISKGATE_* environment variables, validated once at start-up.
+
+Every setting, its default and its meaning is listed in `SETTINGS` (the
+README's configuration table is this table). An unknown RISKGATE_* variable
+is an error with a suggestion, so a typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from service.errors import ConfigError
+
+PREFIX = "RISKGATE_"
+
+
+def parse_address(value: str, name: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets) → (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"{name}={value!r}: expected host:port, e.g. 127.0.0.1:50051")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{name}={value!r}: port must be 1-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def _optional_address(value: str, name: str) -> str:
+    if value.strip().lower() in ("", "off", "none"):
+        return ""
+    parse_address(value, name)
+    return value
+
+
+def _address(value: str, name: str) -> str:
+    parse_address(value, name)
+    return value
+
+
+def _redis_url(value: str, name: str) -> str:
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name}={value!r}: expected a redis://, rediss:// or unix:// URL")
+    return value
+
+
+def _positive_float(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: expected a number") from None
+    if not number > 0:
+        raise ConfigError(f"{name}={value!r}: must be greater than 0")
+    return number
+
+
+def _log_level(value: str, name: str) -> str:
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"{name}={value!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _log_format(value: str, name: str) -> str:
+    if value not in ("json", "text"):
+        raise ConfigError(f"{name}={value!r}: expected json or text")
+    return value
+
+
+def _path(value: str, name: str) -> Path:
+    if not value:
+        raise ConfigError(f"{name}: must not be empty")
+    return Path(value)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingDoc:
+    env: str
+    default: str
+    parse: Callable[[str, str], Any]
+    help: str
+
+
+# attribute name -> how it is read. Order is the README's order.
+SETTINGS: dict[str, SettingDoc] = {
+    "listen": SettingDoc("RISKGATE_LISTEN", "127.0.0.1:50051", _address, "gRPC listen address, host:port."),
+    "redis_url": SettingDoc(
+        "RISKGATE_REDIS_URL",
+        "",
+        _redis_url,
+        "Redis to use (redis://, rediss:// or unix://). Unset: start a private embedded redis-server.",
+    ),
+    "rules_dir": SettingDoc("RISKGATE_RULES_DIR", "rules", _path, "Directory of rule, counter and watchlist files."),
+    "data_dir": SettingDoc(
+        "RISKGATE_DATA_DIR",
+        "var",
+        _path,
+        "Where the embedded redis-server keeps its append-only file, and the generated key-hashing secret.",
+    ),
+    "metrics_listen": SettingDoc(
+        "RISKGATE_METRICS_LISTEN",
+        "127.0.0.1:9464",
+        _optional_address,
+        "Prometheus /metrics HTTP address, host:port; `off` disables it.",
+    ),
+    "log_level": SettingDoc("RISKGATE_LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
+    "log_format": SettingDoc("RISKGATE_LOG_FORMAT", "json", _log_format, "`json` (one object per line) or `text`."),
+    "grace_seconds": SettingDoc(
+        "RISKGATE_GRACE_SECONDS",
+        "5",
+        _positive_float,
+        "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
+    ),
+    "max_future_skew_seconds": SettingDoc(
+        "RISKGATE_MAX_FUTURE_SKEW_SECONDS",
+        "300",
+        _positive_float,
+        "A request's occurred_at may be at most this far ahead of the server clock.",
+    ),
+    "max_event_age_seconds": SettingDoc(
+        "RISKGATE_MAX_EVENT_AGE_SECONDS",
+        "86400",
+        _positive_float,
+        "A request's occurred_at may be at most this far behind the server clock.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str
+    redis_url: str
+    rules_dir: Path
+    data_dir: Path
+    metrics_listen: str
+    log_level: str
+    log_format: str
+    grace_seconds: float
+    max_future_skew_seconds: float
+    max_event_age_seconds: float
+
+    @property
+    def embedded_redis(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def log_level_number(self) -> int:
+        return int(logging.getLevelName(self.log_level))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        known = {doc.env for doc in SETTINGS.values()}
+        for name in env:
+            if name.startswith(PREFIX) and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f", did you mean {close[0]}?" if close else ""
+                raise ConfigError(f"unknown setting {name}{hint}")
+        values = {attr: doc.parse(env.get(doc.env, doc.default), doc.env) for attr, doc in SETTINGS.items()}
+        return cls(**values)
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        return cls.from_env({})
+
+
+assert [f.name for f in fields(Settings)] == list(SETTINGS), "SETTINGS and Settings must list the same fields"

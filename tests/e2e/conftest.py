@@ -1,0 +1,91 @@
+"""Start the real `riskgate serve` process and talk to it over gRPC."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.redis_embedded import free_port
+from tests.conftest import REPO
+
+RISKGATE = Path(sys.executable).parent / "riskgate"
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen[bytes]
+    address: str
+    metrics_address: str
+    data_dir: Path
+    log_path: Path
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.address)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{address} did not become SERVING for {service!r} in {timeout}s")
+
+
+def start_server(tmp: Path, **env: str) -> RunningServer:
+    address = f"127.0.0.1:{free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
+    data_dir = tmp / "data"
+    log_path = tmp / "server.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RISKGATE_")}
+    environment.update(
+        RISKGATE_LISTEN=address,
+        RISKGATE_METRICS_LISTEN=metrics,
+        RISKGATE_DATA_DIR=str(data_dir),
+        RISKGATE_RULES_DIR=str(REPO / "rules"),
+        RISKGATE_GRACE_SECONDS="5",
+    )
+    environment.update(env)
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(RISKGATE), "serve"], stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=tmp
+        )
+    server = RunningServer(process, address, metrics, data_dir, log_path)
+    try:
+        wait_serving(address)
+    except TimeoutError:
+        server.terminate()
+        raise AssertionError("server did not start:\n" + server.log()) from None
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("e2e"))
+    yield running
+    code = running.terminate()
+    assert code == 0, running.log()

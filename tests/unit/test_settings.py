@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.errors import ConfigError
+from service.settings import SETTINGS, Settings, parse_address
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = Settings.defaults()
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.redis_url == ""
+    assert settings.embedded_redis
+    assert settings.rules_dir == Path("rules")
+    assert settings.data_dir == Path("var")
+    assert settings.metrics_listen == "127.0.0.1:9464"
+    assert settings.log_level == "INFO"
+    assert settings.grace_seconds == 5.0
+
+
+def test_every_setting_reads_its_variable() -> None:
+    settings = Settings.from_env(
+        {
+            "RISKGATE_LISTEN": "[::1]:6000",
+            "RISKGATE_REDIS_URL": "redis://10.0.0.5:6379/2",
+            "RISKGATE_RULES_DIR": "/etc/riskgate/rules",
+            "RISKGATE_DATA_DIR": "/var/lib/riskgate",
+            "RISKGATE_METRICS_LISTEN": "off",
+            "RISKGATE_LOG_LEVEL": "debug",
+            "RISKGATE_LOG_FORMAT": "text",
+            "RISKGATE_GRACE_SECONDS": "2.5",
+            "RISKGATE_MAX_FUTURE_SKEW_SECONDS": "60",
+            "RISKGATE_MAX_EVENT_AGE_SECONDS": "3600",
+            "UNRELATED": "ignored",
+        }
+    )
+    assert settings.listen == "[::1]:6000"
+    assert not settings.embedded_redis
+    assert settings.metrics_listen == ""
+    assert settings.log_level == "DEBUG"
+    assert settings.grace_seconds == 2.5
+    assert settings.max_event_age_seconds == 3600
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"RISKGATE_LISTN": "x"}, "unknown setting RISKGATE_LISTN, did you mean RISKGATE_LISTEN?"),
+        ({"RISKGATE_LISTEN": "50051"}, "RISKGATE_LISTEN='50051': expected host:port"),
+        ({"RISKGATE_LISTEN": "127.0.0.1:70000"}, "port must be 1-65535"),
+        ({"RISKGATE_REDIS_URL": "localhost:6379"}, "expected a redis://, rediss:// or unix:// URL"),
+        ({"RISKGATE_GRACE_SECONDS": "-1"}, "RISKGATE_GRACE_SECONDS='-1': must be greater than 0"),
+        ({"RISKGATE_GRACE_SECONDS": "soon"}, "expected a number"),
+        ({"RISKGATE_LOG_LEVEL": "loud"}, "expected DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ({"RISKGATE_RULES_DIR": ""}, "RISKGATE_RULES_DIR: must not be empty"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace("(", r"\(")):
+        Settings.from_env(env)
+
+
+def test_ipv6_address_parses() -> None:
+    assert parse_address("[::1]:50051", "X") == ("::1", 50051)
+
+
+def test_every_setting_is_documented() -> None:
+    assert all(doc.help and doc.env.startswith("RISKGATE_") for doc in SETTINGS.values())

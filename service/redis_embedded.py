@@ -171,9 +171,7 @@ class EmbeddedRedis:
 
     def _ping(self) -> bool:
         family = socket.AF_UNIX if self._use_socket else socket.AF_INET
-        address: str | tuple[str, int] = (
-            str(self.socket_path) if self._use_socket else ("127.0.0.1", self.port)
-        )
+        address: str | tuple[str, int] = str(self.socket_path) if self._use_socket else ("127.0.0.1", self.port)
         try:
             with socket.socket(family, socket.SOCK_STREAM) as sock:
                 sock.settimeout(0.5)

@@ -102,7 +102,7 @@ class Person:
     sex: Sex
     region_code: str  # first six digits: where the ID was first issued
     province_code: str  # first two digits
-    region_known: bool  # the region code is in the administrative-division table
+    region_known: bool  # the region code was in use at some time between birth and the event
     non_local: bool  # issuing province differs from the outlet's province
 
 

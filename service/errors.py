@@ -21,6 +21,18 @@ class FieldProblem:
         return f"{self.path}: {self.problem}"
 
 
+class InvalidValue(RiskgateError, ValueError):
+    """One field value is invalid; `problem` says why, without repeating the value.
+
+    Raised by the single-field parsers in `service.validate`; `screen_request`
+    collects these into one ValidationError with field paths.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
 class ValidationError(RiskgateError):
     """A request is malformed. Maps to INVALID_ARGUMENT; nothing is counted."""
 

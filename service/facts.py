@@ -68,7 +68,7 @@ _PERSON_FIELDS: tuple[tuple[str, FieldType, str, bool], ...] = (
     ("sex", FieldType.STRING, "'male' or 'female', from the ID number", False),
     ("province", FieldType.STRING, "2-digit code of the ID's issuing province, e.g. '44'", False),
     ("region_code", FieldType.STRING, "6-digit code of the ID's issuing region", False),
-    ("region_known", FieldType.BOOL, "the issuing region is in the division-code table", False),
+    ("region_known", FieldType.BOOL, "the issuing region code was in use during the holder's lifetime", False),
     ("non_local", FieldType.BOOL, "the ID's issuing province differs from the outlet's", False),
     ("has_phone", FieldType.BOOL, "a phone number was given", False),
     ("has_address", FieldType.BOOL, "an address was given", False),

@@ -7,15 +7,12 @@ from datetime import UTC, date, datetime
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
-
-_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_CHECK = "10X98765432"
-
+from service.validate import resident_id_check_character
 
 def resident_id(region: str = "110105", birth: date = date(1990, 3, 7), sequence: int = 123) -> str:
     """An 18-character resident ID number with a correct GB 11643 check character."""
     body = f"{region}{birth:%Y%m%d}{sequence:03d}"
-    return body + _CHECK[sum(int(d) * w for d, w in zip(body, _WEIGHTS, strict=True)) % 11]
+    return body + resident_id_check_character(body)
 
 
 def timestamp(moment: datetime) -> Timestamp:

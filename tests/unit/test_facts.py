@@ -12,6 +12,7 @@ from service.domain import (
     Carrier,
     Closure,
     CompanionRelation,
+    Event,
     IdentityCheck,
     Outlet,
     Person,
@@ -44,7 +45,7 @@ def person(id_number: str = "11010519900307123X", phone: str = "13812345678") ->
 
 OUTLET = Outlet("BANK_A", "SH-001", "C1", "310115", "31")
 
-EVENTS = {
+EVENTS: dict[str, Event] = {
     "card_opening": CardOpening(
         applicant=person(),
         account_class=AccountClass.I,

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.validate import resident_id_check_character
 
+
 def resident_id(region: str = "110105", birth: date = date(1990, 3, 7), sequence: int = 123) -> str:
     """An 18-character resident ID number with a correct GB 11643 check character."""
     body = f"{region}{birth:%Y%m%d}{sequence:03d}"

@@ -33,6 +33,10 @@ def parse_address(value: str, name: str) -> tuple[str, int]:
     return host, port
 
 
+def _text(value: str, name: str) -> str:
+    return value
+
+
 def _optional_address(value: str, name: str) -> str:
     if value.strip().lower() in ("", "off", "none"):
         return ""
@@ -104,6 +108,13 @@ SETTINGS: dict[str, SettingDoc] = {
         _path,
         "Where the embedded redis-server keeps its append-only file, and the generated key-hashing secret.",
     ),
+    "hash_secret_file": SettingDoc(
+        "RISKGATE_HASH_SECRET_FILE",
+        "",
+        _text,
+        "File holding the hex secret that keys identifier hashing (HMAC-SHA256). Required with "
+        "RISKGATE_REDIS_URL; unset with the embedded Redis: created as $RISKGATE_DATA_DIR/hash-secret.",
+    ),
     "metrics_listen": SettingDoc(
         "RISKGATE_METRICS_LISTEN",
         "127.0.0.1:9464",
@@ -139,6 +150,7 @@ class Settings:
     redis_url: str
     rules_dir: Path
     data_dir: Path
+    hash_secret_file: str
     metrics_listen: str
     log_level: str
     log_format: str
@@ -149,6 +161,17 @@ class Settings:
     @property
     def embedded_redis(self) -> bool:
         return not self.redis_url
+
+    def hash_secret_path(self) -> Path:
+        """Where the identifier-hashing secret is read from (and, embedded, created)."""
+        if self.hash_secret_file:
+            return Path(self.hash_secret_file)
+        if not self.embedded_redis:
+            raise ConfigError(
+                "RISKGATE_HASH_SECRET_FILE is required with RISKGATE_REDIS_URL: every replica sharing "
+                "a Redis must hash identifiers with the same secret"
+            )
+        return self.data_dir / "hash-secret"
 
     @property
     def log_level_number(self) -> int:

@@ -68,3 +68,15 @@ def test_ipv6_address_parses() -> None:
 
 def test_every_setting_is_documented() -> None:
     assert all(doc.help and doc.env.startswith("RISKGATE_") for doc in SETTINGS.values())
+
+
+def test_hash_secret_lives_with_embedded_data_by_default() -> None:
+    assert Settings.from_env({"RISKGATE_DATA_DIR": "/d"}).hash_secret_path() == Path("/d/hash-secret")
+
+
+def test_external_redis_needs_a_shared_hash_secret() -> None:
+    settings = Settings.from_env({"RISKGATE_REDIS_URL": "redis://10.0.0.5:6379/0"})
+    with pytest.raises(ConfigError, match="RISKGATE_HASH_SECRET_FILE is required with RISKGATE_REDIS_URL"):
+        settings.hash_secret_path()
+    shared = Settings.from_env({"RISKGATE_REDIS_URL": "redis://h:1/0", "RISKGATE_HASH_SECRET_FILE": "/run/s"})
+    assert shared.hash_secret_path() == Path("/run/s")

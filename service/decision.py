@@ -7,6 +7,18 @@ from datetime import datetime, timedelta
 
 from service.domain import Decision, EventKind, Outcome, Reason
 
+UNAVAILABLE_RULE_ID = "RISK_DATA_UNAVAILABLE"
+
+
+def unavailable_reason(outcome: Outcome) -> Reason:
+    """The fail policy's reason, added to a degraded decision (Redis unavailable or over budget)."""
+    return Reason(
+        UNAVAILABLE_RULE_ID,
+        outcome,
+        "风险数据暂不可用，请人工核实后再办理",
+        "Risk data temporarily unavailable: verify by hand before proceeding",
+    )
+
 
 def order_reasons(reasons: Iterable[Reason]) -> tuple[Reason, ...]:
     """Most severe first, then by priority (lower first), then by rule id, so the order is stable."""

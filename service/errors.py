@@ -73,5 +73,9 @@ class StoreUnavailable(RiskgateError):
     """Redis could not answer within its budget; the request is decided degraded."""
 
 
+class InFlight(StoreUnavailable):
+    """Another attempt of the same request_id is still being decided; the caller should retry shortly."""
+
+
 class RedisLaunchError(RiskgateError):
     """The embedded redis-server could not be found or started."""

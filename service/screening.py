@@ -16,7 +16,7 @@ from typing import Protocol
 
 from service.clock import Clock
 from service.decision import decide
-from service.domain import Decision, Reason, ScreenRequest
+from service.domain import Decision, Outcome, Reason, ScreenRequest
 from service.facts import Scalar, facts, identifiers
 
 ListHits = Mapping[tuple[str, str], bool]
@@ -47,6 +47,7 @@ class Observation:
     list_hits: ListHits = field(default_factory=dict)
     degraded: bool = False
     previous: Decision | None = None  # the decision already made for this request_id
+    claimed: bool = False  # this attempt holds the request_id: record() keeps its decision for retries
 
 
 class RiskData(Protocol):
@@ -56,7 +57,10 @@ class RiskData(Protocol):
         facts: Mapping[str, Scalar],
         ids: Mapping[str, str],
         list_checks: Collection[tuple[str, str]],
-    ) -> Observation: ...
+        deadline: float | None = None,
+    ) -> Observation:
+        """Count the request and read what the rules need; `deadline` is on the clock's monotonic scale."""
+        ...
 
     async def record(self, request: ScreenRequest, decision: Decision, observation: Observation) -> None: ...
 
@@ -67,12 +71,14 @@ class Screener:
         rules: Callable[[], RuleEvaluator],
         risk_data: RiskData,
         clock: Clock,
+        fail_outcome: Outcome = Outcome.WARN,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self._rules = rules  # called once per request: a reload swaps what it returns
         self._risk_data = risk_data
         self._clock = clock
         self._new_id = new_id
+        self._fail_outcome = fail_outcome
 
     async def screen(self, request: ScreenRequest) -> Decision:
         started = self._clock.monotonic()
@@ -115,6 +121,7 @@ class NoRiskData:
         facts: Mapping[str, Scalar],
         ids: Mapping[str, str],
         list_checks: Collection[tuple[str, str]],
+        deadline: float | None = None,
     ) -> Observation:
         return Observation()
 

@@ -65,6 +65,25 @@ def _positive_float(value: str, name: str) -> float:
     return number
 
 
+def _positive_int(value: str, name: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise ConfigError(f"{name}={value!r}: expected a whole number greater than 0")
+    return int(value)
+
+
+def _bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    return lowered in ("true", "1", "yes")
+
+
+def _fail_policy(value: str, name: str) -> str:
+    if value not in ("warn", "block"):
+        raise ConfigError(f"{name}={value!r}: expected warn or block")
+    return value
+
+
 def _log_level(value: str, name: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -100,6 +119,36 @@ SETTINGS: dict[str, SettingDoc] = {
         "",
         _redis_url,
         "Redis to use (redis://, rediss:// or unix://). Unset: start a private embedded redis-server.",
+    ),
+    "redis_cluster": SettingDoc(
+        "RISKGATE_REDIS_CLUSTER",
+        "false",
+        _bool,
+        "`true` when RISKGATE_REDIS_URL names a node of a Redis Cluster (the client discovers the rest).",
+    ),
+    "redis_budget_ms": SettingDoc(
+        "RISKGATE_REDIS_BUDGET_MS",
+        "10",
+        _positive_float,
+        "How long one Redis round trip may take before the decision is made degraded without it.",
+    ),
+    "fail_policy": SettingDoc(
+        "RISKGATE_FAIL_POLICY",
+        "warn",
+        _fail_policy,
+        "Outcome when risk data is unavailable: `warn` (the clerk checks by hand) or `block` (fail closed).",
+    ),
+    "idempotency_hours": SettingDoc(
+        "RISKGATE_IDEMPOTENCY_HOURS",
+        "25",
+        _positive_float,
+        "How long a decision is kept for retries of the same request_id.",
+    ),
+    "decision_log_maxlen": SettingDoc(
+        "RISKGATE_DECISION_LOG_MAXLEN",
+        "1000000",
+        _positive_int,
+        "Entries the decision log stream keeps (older ones are trimmed).",
     ),
     "rules_dir": SettingDoc("RISKGATE_RULES_DIR", "rules", _path, "Directory of rule, counter and watchlist files."),
     "data_dir": SettingDoc(
@@ -148,6 +197,11 @@ SETTINGS: dict[str, SettingDoc] = {
 class Settings:
     listen: str
     redis_url: str
+    redis_cluster: bool
+    redis_budget_ms: float
+    fail_policy: str
+    idempotency_hours: float
+    decision_log_maxlen: int
     rules_dir: Path
     data_dir: Path
     hash_secret_file: str
@@ -186,7 +240,10 @@ class Settings:
                 hint = f", did you mean {close[0]}?" if close else ""
                 raise ConfigError(f"unknown setting {name}{hint}")
         values = {attr: doc.parse(env.get(doc.env, doc.default), doc.env) for attr, doc in SETTINGS.items()}
-        return cls(**values)
+        settings = cls(**values)
+        if settings.redis_cluster and settings.embedded_redis:
+            raise ConfigError("RISKGATE_REDIS_CLUSTER=true needs RISKGATE_REDIS_URL (the embedded Redis is one node)")
+        return settings
 
     @classmethod
     def defaults(cls) -> Settings:

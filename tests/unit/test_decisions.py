@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from service.decisions import decode_decision, encode_decision, entry_document, log_entry
+from service.domain import (
+    Closure,
+    Decision,
+    EventKind,
+    Outcome,
+    Outlet,
+    Person,
+    Reason,
+    ScreenRequest,
+    Sex,
+)
+
+AT = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+ID = "11010519900307123X"
+
+DECISION = Decision(
+    request_id="r-1",
+    decision_id="5b0c7a4e-3f7b-4d5e-9a52-7c9e1d2b8f10",
+    outcome=Outcome.WARN,
+    reasons=(
+        Reason(
+            "K05_many_banks", Outcome.WARN, "本证件30天内已在4家银行开户", "4 banks in 30 days", (("banks_30d", "4"),)
+        ),
+        Reason("S12_shadow", Outcome.BLOCK, "影子", "shadow", (), True, 7),
+    ),
+    ruleset_revision="2026-11@abc",
+    degraded=False,
+    decided_at=AT,
+    evaluation_time=timedelta(microseconds=412),
+    kind=EventKind.CARD_OPENING,
+)
+
+
+def test_stored_decision_comes_back_identical_but_replayed() -> None:
+    again = decode_decision(encode_decision(DECISION))
+    assert again.replayed
+    assert again.outcome is Outcome.WARN
+    assert again.reasons == DECISION.reasons
+    assert again.decided_at == AT
+    assert again.evaluation_time == DECISION.evaluation_time
+    assert again.kind is EventKind.CARD_OPENING
+    assert "本证件" in encode_decision(DECISION).decode()
+
+
+def test_log_entry_has_no_clear_identifier() -> None:
+    holder = Person(ID, "张三", "13812345678", "", AT.date(), 36, Sex.MALE, "110105", "11", True, True)
+    request = ScreenRequest(
+        "r-1", Outlet("BANK_A", "O1", "C1", "310115", "31"), AT, Closure(holder, "", "", None, None)
+    )
+    entry = log_entry(
+        request,
+        DECISION,
+        subject_hash="HASHED",
+        counters={"banks_30d": 4},
+        list_hits={("fraud_accounts", "transfer.payee_account"): False, ("punished_persons", "person.id_number"): True},
+    )
+    assert entry["rules"] == "K05_many_banks,~S12_shadow"
+    assert entry["list_hits"] == "punished_persons:person.id_number"
+    assert entry["subject"] == "HASHED"
+    assert json.loads(entry["counters"]) == {"banks_30d": 4}
+    assert ID not in json.dumps(entry)
+    document = entry_document("1-0", {k.encode(): v.encode() for k, v in entry.items()})
+    assert document["rules"] == ["K05_many_banks", "~S12_shadow"]
+    assert document["counters"] == {"banks_30d": 4}
+    assert document["degraded"] is False

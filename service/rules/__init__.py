@@ -1,0 +1,120 @@
+"""Declarative screening rules: files -> typed model -> durable_rules -> reasons.
+
+Rule files
+==========
+
+A rules directory holds rule files, named `*.rules.yaml` (found recursively,
+hidden files skipped, read in order of their relative path), and their test
+cases, `*.cases.yaml`. Any other file there (`counters.yaml`, notes) belongs
+to another module and is ignored by this one. All rule files of a directory
+form one ruleset.
+
+    revision: 2024-06-01          # optional label: letters, digits, . _ + -
+    rules:
+      - id: K05_many_banks        # unique across files; letters, digits, _
+        on: [card_opening]        # card_opening, sim_sale, transfer, closure
+        when: banks_30d >= 3 and not card_opening.limited_function
+        outcome: warn             # block | warn
+        reason:
+          zh: 本证件30天内已在{banks_30d}家银行开户
+          en: This ID opened accounts at {banks_30d} banks in 30 days
+        mode: enforce             # enforce (default) | shadow
+        priority: 50              # default 100; lower = listed first
+        basis: 反电信网络诈骗法 第十六条   # the law article or practice (recommended)
+        description: ...          # optional
+        owner: fraud-team@bank    # optional
+        enabled: true             # default true; a disabled rule is validated, not evaluated
+
+Unknown keys are errors. Every problem is reported as `file:line: problem`.
+
+The ruleset revision stamped on every decision is `LABELS@HASH`: the
+distinct `revision:` labels of the files, sorted and joined with `+` (none:
+just `HASH`), and the first 12 hex digits of a SHA-256 over every rule
+file's relative path and exact text. Same files, same revision; any edit,
+even a comment, a new one.
+
+Conditions (`when`)
+===================
+
+    transfer.amount_fen >= 5_000_000 and payer.age >= 60
+    payer.non_local and not card_opening.has_local_tie
+    transfer.amount_fen >= 0.8 * inflow_fen_30m
+    card_opening.account_class in ["I", "II"]
+    outlet.province not in ["11", "31"]
+    transfer.payee_account in list.fraud_accounts
+    outlet.region_code startswith "4401"
+    transfer.ip_region_code matches "44%d%d%d%d|45%d+"
+
+* Names: request fields by their dotted names in `service.facts.FIELDS`
+  (`applicant.age`, `person.non_local`, `outlet.region_code`, `event`,
+  `local_hour`, ...), declared counters by their bare names (`banks_30d`),
+  watchlists as `list.NAME` after `in`. A bare name is a field if the
+  catalogue has it, else a counter. Unknown names are errors with a "did you
+  mean". Every name must exist on every event kind in `on`.
+* Numbers: `3`, `0.8`, `5_000_000`; `+ - * /` and unary `-`, with the usual
+  precedence and parentheses. All arithmetic and comparisons are in IEEE
+  doubles. `/` divides only by a non-zero constant. A comparison needs a
+  single field or counter on one side (the other side may be any arithmetic).
+* Strings: "..." or '...', taken literally (no escapes; no quotes,
+  backslashes or control characters inside); only `==`, `!=`, `in [..]`,
+  `not in [..]`, `startswith "prefix"` and `matches "pattern"` (see
+  service.rules.patterns for the pattern subset: `.`, `%d`, `%.`, `[a-z]`,
+  groups, `|`, `* + ?`, `{m,n}`; the whole string must match).
+* Yes/no fields: alone (`payer.non_local`), with `not`, or `== true/false`.
+* Identifiers (ID numbers, phones, accounts, devices): only `in list.NAME`
+  and `not in list.NAME`; never compared, never shown.
+* Logic: `and`, `or`, `not`, parentheses; `not in`.
+
+Absent values
+-------------
+
+Optional values (no companion, unknown payee account age, a counter or list
+hit not supplied) are absent, never null. A test on an absent value is
+neither true nor false but *unknown*, with SQL's three-valued logic: `not
+unknown` is unknown, `unknown and false` is false, `unknown or true` is true,
+and a rule fires only when its condition is true. So `not (x > 5)` and
+`x <= 5` both do not fire when x is absent, and `a > 5 or b > 5` fires when
+a is 6 and b absent. The compiler implements this by pushing `not` into the
+tests (De Morgan; `not (x > 5)` becomes `x <= 5`), where an absent value
+makes each test false. `not` cannot be applied to `startswith`/`matches`
+(durable_rules cannot negate a pattern).
+
+Reasons
+-------
+
+`{name}` in a reason shows the value of a field or counter the condition
+reads; `{name:yuan}` shows fen as yuan (150000 -> 1,500.00); `{{`/`}}` are
+braces. Evidence is every value the condition read, as (name, text) pairs;
+list lookups appear as ("transfer.payee_account in list.fraud_accounts",
+"hit"), never with the identifier.
+
+Outcome
+-------
+
+Every matching rule is reported. The outcome is the most severe *enforced*
+rule's (block > warn; none: allow); shadow rules are reported with
+`shadow = true` and never change it. Reasons are sorted by severity, then
+priority, then id.
+"""
+
+from __future__ import annotations
+
+from service.rules.compiler import CompiledPlan, compile_ruleset
+from service.rules.decide import decide, sort_reasons
+from service.rules.loader import load_rules, load_sources
+from service.rules.model import DEFAULT_LISTS, CounterInfo, Mode, Rule, RuleSet, counters_from_names
+
+__all__ = [
+    "DEFAULT_LISTS",
+    "CompiledPlan",
+    "CounterInfo",
+    "Mode",
+    "Rule",
+    "RuleSet",
+    "compile_ruleset",
+    "counters_from_names",
+    "decide",
+    "load_rules",
+    "load_sources",
+    "sort_reasons",
+]

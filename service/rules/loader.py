@@ -1,0 +1,496 @@
+"""Load a rules directory into a validated `RuleSet`, or fail with every problem as `file:line: problem`.
+
+Which files are rules: every `*.rules.yaml` under the directory (recursively,
+skipping hidden files and directories), in order of their relative path.
+`*.cases.yaml` files are test cases (service.rules.cases); any other file
+(`counters.yaml`, notes) belongs to someone else and is ignored here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.domain import EventKind, Outcome
+from service.errors import SourceError, SourceProblem
+from service.rules import expr as ast
+from service.rules.check import check_condition, suggest
+from service.rules.compiler import MAX_MESSAGE_VALUES, MAX_TESTS_PER_SHARD, values_read_on
+from service.rules.logic import cost_per_kind, nnf
+from service.rules.model import (
+    DEFAULT_LISTS,
+    Condition,
+    CounterInfo,
+    ListCheck,
+    Mode,
+    Read,
+    Rule,
+    RuleSet,
+    Template,
+)
+from service.rules.templates import TemplateError, parse_template
+from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
+
+RULES_SUFFIX = ".rules.yaml"
+CASES_SUFFIX = ".cases.yaml"
+
+TOP_KEYS = ("revision", "rules")
+RULE_KEYS = (
+    "id",
+    "on",
+    "when",
+    "outcome",
+    "reason",
+    "mode",
+    "priority",
+    "description",
+    "owner",
+    "enabled",
+    "basis",
+)
+REQUIRED_RULE_KEYS = ("id", "on", "when", "outcome", "reason")
+REASON_KEYS = ("zh", "en")
+_ID = re.compile(r"[A-Za-z0-9_]+")
+_REVISION = re.compile(r"[A-Za-z0-9._+\-]{1,64}")
+_OUTCOMES = {"block": Outcome.BLOCK, "warn": Outcome.WARN}
+
+
+def find_files(directory: Path, suffix: str) -> list[Path]:
+    """Files under `directory` ending in `suffix`, hidden ones excluded, sorted by relative path."""
+    found = []
+    for path in directory.rglob(f"*{suffix}"):
+        relative = path.relative_to(directory)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        found.append(path)
+    return sorted(found, key=lambda p: p.relative_to(directory).as_posix())
+
+
+def read_source(path: Path, shown: str) -> tuple[str | None, list[SourceProblem]]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, [SourceProblem(shown, 0, f"cannot read the file: {exc.strerror or exc}")]
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        return None, [SourceProblem(shown, line, "the file is not valid UTF-8")]
+
+
+def revision_of(sources: Sequence[SourceText], labels: Iterable[str]) -> str:
+    """`label@hash`: declared labels (sorted, '+'-joined) and 12 hex of SHA-256 over every file.
+
+    The hash covers each file's relative name and exact text, so any edit
+    (even a comment) gives a new revision, and the same files always give
+    the same one.
+    """
+    digest = hashlib.sha256()
+    for source in sources:
+        name = source.relative or source.shown
+        digest.update(name.encode("utf-8") + b"\0" + source.text.encode("utf-8") + b"\0")
+    short = digest.hexdigest()[:12]
+    unique = sorted(set(labels))
+    return f"{'+'.join(unique)}@{short}" if unique else short
+
+
+@dataclass(frozen=True, slots=True)
+class SourceText:
+    """One rule file's text; `shown` names it in problems, `relative` (its path inside the
+    rules directory) goes into the revision hash so the revision does not depend on how
+    the directory was named."""
+
+    shown: str
+    text: str
+    relative: str = ""
+
+
+@dataclass(slots=True)
+class _Context:
+    counters: Mapping[str, CounterInfo]
+    lists: frozenset[str]
+    problems: list[SourceProblem]
+    first_seen: dict[str, str]
+
+
+class _FileLoader:
+    def __init__(self, file: str, ctx: _Context) -> None:
+        self.file = file
+        self.ctx = ctx
+        self.labels: list[str] = []
+
+    def problem(self, line: int, text: str) -> None:
+        self.ctx.problems.append(SourceProblem(self.file, line, text))
+
+    def load(self, tree: YNode | None) -> list[Rule]:
+        if tree is None:
+            return []
+        if not isinstance(tree, YMap):
+            self.problem(tree.line, "expected a mapping with 'rules:' at the top level")
+            return []
+        for key, _ in tree.items:
+            if key.value not in TOP_KEYS:
+                self.unknown_key(key, TOP_KEYS, "at the top level")
+        revision = tree.get("revision")
+        if revision is not None:
+            self.revision(revision)
+        rules_node = tree.get("rules")
+        if rules_node is None:
+            self.problem(tree.line, "missing 'rules:' (a list of rules)")
+            return []
+        if isinstance(rules_node, YScalar) and rules_node.value is None:
+            return []
+        if not isinstance(rules_node, YSeq):
+            self.problem(rules_node.line, f"'rules' must be a list of rules, got {describe(rules_node)}")
+            return []
+        rules = []
+        for index, item in enumerate(rules_node.items, start=1):
+            rule = self.rule(item, index)
+            if rule is not None:
+                rules.append(rule)
+        return rules
+
+    def unknown_key(self, key: YScalar, allowed: Sequence[str], where: str) -> None:
+        name = str(key.value)
+        guess = suggest(name, list(allowed))
+        hint = f", did you mean '{guess}'?" if guess else f" (allowed: {', '.join(allowed)})"
+        self.problem(key.line, f"unknown key '{name}' {where}{hint}")
+
+    def revision(self, node: YNode) -> None:
+        value = node.value if isinstance(node, YScalar) else None
+        text = str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+        if text is None or not _REVISION.fullmatch(text):
+            self.problem(node.line, "'revision' must be a short label of letters, digits and . _ + - (e.g. 2024-06-01)")
+            return
+        self.labels.append(text)
+
+    # ------------------------------------------------------------- rules
+
+    def rule(self, node: YNode, index: int) -> Rule | None:
+        if not isinstance(node, YMap):
+            self.problem(node.line, f"rule #{index} must be a mapping, got {describe(node)}")
+            return None
+        errors_before = len(self.ctx.problems)
+        rule_id = self.rule_id(node, index)
+        label = f"rule '{rule_id}'" if rule_id else f"rule #{index}"
+        for key, _ in node.items:
+            if key.value not in RULE_KEYS:
+                self.unknown_key(key, RULE_KEYS, f"in {label}")
+        for required in REQUIRED_RULE_KEYS:
+            if node.get(required) is None:
+                self.problem(node.line, f"{label} has no '{required}'")
+        on = self.on(node.get("on"))
+        outcome = self.outcome(node.get("outcome"))
+        mode = self.choice(node.get("mode"), "mode", {m.value: m for m in Mode}, Mode.ENFORCE)
+        priority = self.priority(node.get("priority"))
+        enabled = self.flag(node.get("enabled"), "enabled", default=True)
+        description = self.text(node.get("description"), "description")
+        owner = self.text(node.get("owner"), "owner")
+        basis = self.text(node.get("basis"), "basis")
+        when_node = node.get("when")
+        checked = self.when(when_node, on, label) if on else None
+        reads: tuple[Read, ...] = checked[1] if checked else ()
+        reasons = self.reason(node.get("reason"), reads if checked else None)
+        if len(self.ctx.problems) > errors_before:
+            return None
+        assert rule_id and on and outcome and checked and reasons and isinstance(when_node, YScalar)
+        assert isinstance(when_node.value, str)
+        return Rule(
+            id=rule_id,
+            on=on,
+            when=checked[0],
+            when_text=when_node.value.strip(),
+            outcome=outcome,
+            reason_zh=reasons[0],
+            reason_en=reasons[1],
+            reads=reads,
+            mode=mode,
+            priority=priority,
+            description=description,
+            owner=owner,
+            enabled=enabled,
+            basis=basis,
+            file=self.file,
+            line=node.line,
+        )
+
+    def rule_id(self, node: YMap, index: int) -> str | None:
+        id_node = node.get("id")
+        if id_node is None:
+            return None
+        value = id_node.value if isinstance(id_node, YScalar) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            value = str(value)
+        if not isinstance(value, str) or not _ID.fullmatch(value):
+            shown = describe(id_node)
+            self.problem(id_node.line, f"rule id {shown} may only use letters, digits and '_'")
+            return None
+        where = f"{self.file}:{id_node.line}"
+        first = self.ctx.first_seen.get(value)
+        if first is not None:
+            self.problem(id_node.line, f"duplicate rule id '{value}' (first defined at {first})")
+        else:
+            self.ctx.first_seen[value] = where
+        return value
+
+    def on(self, node: YNode | None) -> tuple[EventKind, ...] | None:
+        if node is None:
+            return None
+        if not isinstance(node, YSeq):
+            self.problem(node.line, f"'on' must be a list of event kinds, e.g. [transfer], got {describe(node)}")
+            return None
+        if not node.items:
+            self.problem(node.line, "'on' must list at least one event kind")
+            return None
+        kinds: list[EventKind] = []
+        ok = True
+        names = [k.value for k in EventKind]
+        for item in node.items:
+            value = item.value if isinstance(item, YScalar) else None
+            if not isinstance(value, str) or value not in names:
+                shown = describe(item)
+                guess = suggest(value, names) if isinstance(value, str) else None
+                hint = f", did you mean '{guess}'?" if guess else f" (expected one of: {', '.join(names)})"
+                self.problem(item.line, f"unknown event kind {shown}{hint}")
+                ok = False
+                continue
+            kind = EventKind(value)
+            if kind in kinds:
+                self.problem(item.line, f"event kind '{value}' is listed twice")
+                ok = False
+                continue
+            kinds.append(kind)
+        return tuple(kinds) if ok else None
+
+    def outcome(self, node: YNode | None) -> Outcome | None:
+        if node is None:
+            return None
+        value = node.value if isinstance(node, YScalar) else None
+        if isinstance(value, str) and value in _OUTCOMES:
+            return _OUTCOMES[value]
+        self.problem(node.line, f"unknown outcome {describe(node)} (expected block or warn)")
+        return None
+
+    def choice(self, node: YNode | None, key: str, options: Mapping[str, Mode], default: Mode) -> Mode:
+        if node is None:
+            return default
+        value = node.value if isinstance(node, YScalar) else None
+        if isinstance(value, str) and value in options:
+            return options[value]
+        self.problem(node.line, f"unknown {key} {describe(node)} (expected {' or '.join(options)})")
+        return default
+
+    def priority(self, node: YNode | None) -> int:
+        if node is None:
+            return 100
+        value = node.value if isinstance(node, YScalar) else None
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+            return value
+        self.problem(node.line, f"'priority' must be a whole number from 0 to 65535, got {describe(node)}")
+        return 100
+
+    def flag(self, node: YNode | None, key: str, *, default: bool) -> bool:
+        if node is None:
+            return default
+        value = node.value if isinstance(node, YScalar) else None
+        if isinstance(value, bool):
+            return value
+        self.problem(node.line, f"'{key}' must be true or false, got {describe(node)}")
+        return default
+
+    def text(self, node: YNode | None, key: str) -> str:
+        if node is None:
+            return ""
+        value = node.value if isinstance(node, YScalar) else None
+        if isinstance(value, str):
+            return value.strip()
+        if value is None and isinstance(node, YScalar):
+            return ""
+        self.problem(node.line, f"'{key}' must be text, got {describe(node)}")
+        return ""
+
+    def when(
+        self, node: YNode | None, on: tuple[EventKind, ...], label: str
+    ) -> tuple[Condition, tuple[Read, ...]] | None:
+        if node is None:
+            return None
+        value = node.value if isinstance(node, YScalar) else None
+        if not isinstance(node, YScalar) or not isinstance(value, str):
+            self.problem(node.line, f"'when' must be a condition written as text, got {describe(node)}")
+            return None
+        try:
+            tree = ast.parse_condition(value)
+        except ast.ConditionSyntaxError as exc:
+            line, column = node.text_line, exc.column
+            if node.style == "|":
+                before = value[: exc.column - 1]
+                line += before.count("\n")
+                column = exc.column - (before.rfind("\n") + 1)
+            self.problem(line, f"when: syntax error at column {column}: {exc.message}")
+            return None
+        result = check_condition(tree, on, self.ctx.counters, self.ctx.lists)
+        for message in result.problems:
+            self.problem(node.text_line, message)
+        if result.condition is None:
+            return None
+        tests = cost_per_kind(nnf(result.condition))
+        if tests > MAX_TESTS_PER_SHARD:
+            self.problem(
+                node.text_line,
+                f"{label} needs {tests} condition tests per event kind after expanding 'or' and "
+                f"'in [..]' (durable_rules evaluates at most {MAX_TESTS_PER_SHARD} at once): "
+                "split the rule or simplify the condition",
+            )
+            return None
+        return result.condition, result.reads
+
+    def reason(self, node: YNode | None, reads: tuple[Read, ...] | None) -> tuple[Template, Template] | None:
+        if node is None:
+            return None
+        if not isinstance(node, YMap):
+            self.problem(node.line, f"'reason' must have 'zh' and 'en' texts, got {describe(node)}")
+            return None
+        for key, _ in node.items:
+            if key.value not in REASON_KEYS:
+                self.unknown_key(key, REASON_KEYS, "in reason")
+        templates: list[Template] = []
+        for language in REASON_KEYS:
+            text_node = node.get(language)
+            if text_node is None:
+                self.problem(node.line, f"reason has no '{language}' text")
+                continue
+            value = text_node.value if isinstance(text_node, YScalar) else None
+            if value is None or (isinstance(value, str) and not value.strip()):
+                self.problem(text_node.line, f"reason.{language} is empty")
+                continue
+            if not isinstance(value, str):
+                self.problem(text_node.line, f"reason.{language} must be text, got {describe(text_node)}")
+                continue
+            try:
+                template = parse_template(value.strip())
+            except TemplateError as exc:
+                self.problem(text_node.line, f"reason.{language}: {exc}")
+                continue
+            if reads is not None:
+                fillable = [str(r) for r in reads if not _is_list_check(r)]
+                for placeholder in template.placeholders:
+                    if placeholder.name not in fillable:
+                        it_reads = f"it reads: {', '.join(fillable)}" if fillable else "it reads no field or counter"
+                        self.problem(
+                            text_node.line,
+                            f"reason.{language} placeholder '{{{placeholder.name}}}' is not a value "
+                            f"this rule reads ({it_reads})",
+                        )
+            templates.append(template)
+        if len(templates) != 2:
+            return None
+        return templates[0], templates[1]
+
+
+def _is_list_check(read: Read) -> bool:
+    return isinstance(read, ListCheck)
+
+
+def _check_message_sizes(rules: Sequence[Rule], whens: Mapping[str, tuple[str, int]], ctx: _Context) -> None:
+    """Per event kind, the values all rules read must fit one durable message."""
+    for kind in EventKind:
+        seen: set[str] = set()
+        for rule in rules:
+            if not rule.enabled or kind not in rule.on:
+                continue
+            seen.update(values_read_on(rule, kind))
+            if len(seen) > MAX_MESSAGE_VALUES:
+                file, line = whens[rule.id]
+                ctx.problems.append(
+                    SourceProblem(
+                        file,
+                        line,
+                        f"with rule '{rule.id}' the rules read {len(seen)} distinct values on {kind.value} "
+                        f"events (fields, counters and list checks); a durable_rules message takes at most "
+                        f"{MAX_MESSAGE_VALUES}",
+                    )
+                )
+                break
+
+
+def load_sources(
+    sources: Sequence[SourceText],
+    *,
+    counters: Mapping[str, CounterInfo],
+    lists: Iterable[str] = DEFAULT_LISTS,
+) -> RuleSet:
+    """Load rule files given as texts, in that order; raises SourceError listing every problem."""
+    ctx = _Context(counters=dict(counters), lists=frozenset(lists), problems=[], first_seen={})
+    rules: list[Rule] = []
+    labels: list[str] = []
+    whens: dict[str, tuple[str, int]] = {}
+    for source in sources:
+        name = source.shown
+        tree, problems = parse_yaml(source.text, name)
+        ctx.problems.extend(problems)
+        if problems:
+            continue
+        loader = _FileLoader(name, ctx)
+        loaded = loader.load(tree)
+        labels.extend(loader.labels)
+        rules.extend(loaded)
+        if isinstance(tree, YMap):
+            _remember_when_lines(tree, name, whens)
+    if not ctx.problems:
+        _check_message_sizes(rules, whens, ctx)
+    if ctx.problems:
+        order = {source.shown: index for index, source in enumerate(sources)}
+        raise SourceError(sorted(ctx.problems, key=lambda p: (order.get(p.file, -1), p.line)))
+    return RuleSet(
+        revision=revision_of(sources, labels),
+        rules=tuple(rules),
+        files=tuple(source.shown for source in sources),
+        counters=ctx.counters,
+        lists=ctx.lists,
+    )
+
+
+def _remember_when_lines(tree: YMap, file: str, out: dict[str, tuple[str, int]]) -> None:
+    rules_node = tree.get("rules")
+    if not isinstance(rules_node, YSeq):
+        return
+    for item in rules_node.items:
+        if not isinstance(item, YMap):
+            continue
+        id_node, when_node = item.get("id"), item.get("when")
+        if isinstance(id_node, YScalar) and isinstance(when_node, YScalar):
+            out[str(id_node.value)] = (file, when_node.text_line)
+
+
+def load_rules(
+    directory: str | Path,
+    *,
+    counters: Mapping[str, CounterInfo],
+    lists: Iterable[str] = DEFAULT_LISTS,
+) -> RuleSet:
+    """Load every `*.rules.yaml` under `directory`; raises SourceError listing every problem.
+
+    File names in problems are `directory` joined with the file's relative
+    path, as given (so `rules check rules/` reports `rules/x.rules.yaml:12: ...`).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise SourceError([SourceProblem(str(directory), 0, "not a directory")])
+    paths = find_files(root, RULES_SUFFIX)
+    if not paths:
+        raise SourceError([SourceProblem(str(directory), 0, f"no rule files (*{RULES_SUFFIX}) in this directory")])
+    sources: list[SourceText] = []
+    problems: list[SourceProblem] = []
+    for path in paths:
+        relative = path.relative_to(root)
+        shown = str(Path(directory) / relative)
+        text, read_problems = read_source(path, shown)
+        problems.extend(read_problems)
+        if text is not None:
+            sources.append(SourceText(shown, text, relative.as_posix()))
+    if problems:
+        raise SourceError(problems)
+    return load_sources(sources, counters=counters, lists=lists)

@@ -1,0 +1,105 @@
+"""Every broken rule file has a fixture, and the loader's message for it is pinned exactly."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.errors import SourceError
+from service.rules.loader import load_rules
+from tests.unit.rules.conftest import COUNTERS, FIXTURES, REPO
+
+EXPECTED: dict[str, list[str]] = {
+    "unknown_key": [
+        "bad.rules.yaml:6: unknown key 'severity' in rule 'K05_many_banks' "
+        "(allowed: id, on, when, outcome, reason, mode, priority, description, owner, enabled, basis)",
+    ],
+    "unknown_field": [
+        "bad.rules.yaml:4: unknown field 'applicant.agee', did you mean 'applicant.age'?",
+    ],
+    "unknown_counter": [
+        "bad.rules.yaml:4: unknown counter 'banks_90d', did you mean 'banks_30d'?",
+    ],
+    "number_vs_string": [
+        "bad.rules.yaml:4: cannot compare number 'transfer.amount_fen' with string \"1000000\"",
+    ],
+    "unknown_outcome": [
+        "bad.rules.yaml:5: unknown outcome 'deny' (expected block or warn)",
+    ],
+    "duplicate_id": [
+        "b.rules.yaml:9: duplicate rule id 'K05_many_banks' (first defined at {dir}/a.rules.yaml:2)",
+    ],
+    "empty_reason": [
+        "bad.rules.yaml:7: reason.zh is empty",
+    ],
+    "unfilled_placeholder": [
+        "bad.rules.yaml:8: reason.en placeholder '{{banks_90d}}' is not a value this rule reads (it reads: banks_30d)",
+    ],
+    "never_fires": [
+        "bad.rules.yaml:4: field 'applicant.age' does not exist on transfer events (only on card_opening): "
+        "the rule can never fire on its declared event kinds",
+    ],
+    "backslash_regex": [
+        'bad.rules.yaml:4: pattern "\\d{{6}}" contains a backslash: durable_rules silently never matches '
+        "backslash patterns; use Lua-style escapes such as %d and %.",
+    ],
+    "too_many_tests": [
+        "bad.rules.yaml:5: rule 'K14_odd_hours' needs 128 condition tests per event kind after expanding 'or' "
+        "and 'in [..]' (durable_rules evaluates at most 48 at once): split the rule or simplify the condition",
+    ],
+    "too_many_values": [
+        "wide.rules.yaml:91: with rule 'prefixes' the rules read 214 distinct values on transfer events "
+        "(fields, counters and list checks); a durable_rules message takes at most 200",
+    ],
+    "yaml_syntax": [
+        "bad.rules.yaml:8: YAML syntax error: expected <block end>, but found '<block mapping start>'",
+    ],
+    "when_syntax": [
+        "bad.rules.yaml:4: when: syntax error at column 48: expected a value, found 'and'",
+    ],
+    "identifier_compared": [
+        "bad.rules.yaml:4: 'transfer.payee_account' is an identifier: it can only be tested with "
+        "'in list.NAME' (identifiers are never compared or shown)",
+    ],
+    "many_errors": [
+        "bad.rules.yaml:3: rule id 'K-05' may only use letters, digits and '_'",
+        "bad.rules.yaml:4: unknown event kind 'card_openings', did you mean 'card_opening'?",
+        "bad.rules.yaml:12: cannot compare yes/no 'applicant.non_local' with number 1",
+        "bad.rules.yaml:12: cannot use '<' on string 'applicant.province': strings compare only with == and !=",
+        "bad.rules.yaml:14: unknown mode 'dry_run' (expected enforce or shadow)",
+        "bad.rules.yaml:15: 'priority' must be a whole number from 0 to 65535, got 'high'",
+        "bad.rules.yaml:16: 'enabled' must be true or false, got 'yes'",
+        "bad.rules.yaml:18: reason has no 'en' text",
+        "bad.rules.yaml:23: when: syntax error at column 26: the condition ends too early: expected a value",
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPECTED))
+def test_fixture_fails_with_exact_messages(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    directory = f"tests/fixtures/rules/{case}"
+    with pytest.raises(SourceError) as caught:
+        load_rules(directory, counters=COUNTERS)
+    expected = [f"{directory}/{line.format(dir=directory)}" for line in EXPECTED[case]]
+    assert [str(p) for p in caught.value.problems] == expected
+
+
+def test_every_error_fixture_directory_is_pinned() -> None:
+    on_disk = {p.name for p in FIXTURES.iterdir() if p.is_dir()} - {"rich", "bench25", "cases"}
+    assert on_disk == set(EXPECTED)
+
+
+def test_error_message_joins_all_problems(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SourceError) as caught:
+        load_rules("tests/fixtures/rules/many_errors", counters=COUNTERS)
+    assert str(caught.value).count("\n") == len(EXPECTED["many_errors"]) - 1
+
+
+def test_missing_directory_and_empty_directory(tmp_path: pytest.TempPathFactory) -> None:
+    with pytest.raises(SourceError) as caught:
+        load_rules(f"{tmp_path}/nope", counters=COUNTERS)
+    assert str(caught.value) == f"{tmp_path}/nope:0: not a directory"
+    with pytest.raises(SourceError) as caught:
+        load_rules(str(tmp_path), counters=COUNTERS)
+    assert str(caught.value) == f"{tmp_path}:0: no rule files (*.rules.yaml) in this directory"

@@ -1,0 +1,244 @@
+"""`riskgate lists ...` and `riskgate decisions ...`: bulk watchlist imports and the decision log.
+
+Both talk to the Redis the server uses (see `service.redisconn.tool_connection`),
+with the same settings (RISKGATE_*) and the same identifier-hashing secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from service.clock import SystemClock
+from service.decisions import LOG_STREAM, entry_document
+from service.domain import CHINA_TZ
+from service.errors import InvalidValue
+from service.lists import Entry, UnknownList, Watchlists, load_lists
+from service.redisconn import hasher_for, tool_connection
+from service.settings import Settings
+
+IMPORT_BATCH = 1000
+SHOWN_REJECTIONS = 50
+
+
+def parse_expiry(text: str) -> datetime:
+    """`2027-06-30` (end of that day, China time) or an ISO 8601 time with an offset."""
+    text = text.strip()
+    try:
+        if len(text) == 10:
+            day = datetime.strptime(text, "%Y-%m-%d").date()
+            return datetime.combine(day + timedelta(days=1), time(0), CHINA_TZ)
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidValue("expires_at must be YYYY-MM-DD or an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise InvalidValue("expires_at needs a UTC offset, e.g. 2027-06-30T18:00:00+08:00")
+    return moment
+
+
+def _rows(stream: TextIO) -> Iterator[tuple[int, list[str]]]:
+    for number, row in enumerate(csv.reader(stream), start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if number == 1 and row[0].strip().lower() == "value":
+            continue  # a header line
+        yield number, row
+
+
+class Progress:
+    """A one-line progress display on stderr (only when it is a terminal, or forced)."""
+
+    def __init__(self, total: int, stream: TextIO, enabled: bool) -> None:
+        self.total = max(total, 1)
+        self.stream = stream
+        self.enabled = enabled
+
+    def show(self, done: int, imported: int, rejected: int) -> None:
+        if self.enabled:
+            width = 30
+            filled = width * done // self.total
+            bar = "#" * filled + "-" * (width - filled)
+            self.stream.write(f"\r[{bar}] {done}/{self.total} lines, {imported} imported, {rejected} rejected")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+async def import_list(
+    lists: Watchlists,
+    name: str,
+    path: Path,
+    *,
+    reason: str,
+    added_by: str,
+    default_expiry: datetime | None,
+    now: datetime,
+    err: TextIO,
+    progress: bool,
+) -> tuple[int, int]:
+    """Import a CSV of `value[,expires_at[,reason]]` rows; returns (imported, rejected)."""
+    lists.spec(name)  # unknown list: fail before reading
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        total = sum(1 for _ in handle)
+    bar = Progress(total, err, progress)
+    imported = rejected = 0
+    batch: list[Entry] = []
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for number, row in _rows(handle):
+            try:
+                expiry = parse_expiry(row[1]) if len(row) > 1 and row[1].strip() else default_expiry
+                row_reason = row[2] if len(row) > 2 and row[2].strip() else reason
+                batch.append(
+                    lists.prepare(name, row[0], reason=row_reason, added_by=added_by, expires_at=expiry, now=now)
+                )
+            except InvalidValue as problem:
+                rejected += 1
+                if rejected <= SHOWN_REJECTIONS:
+                    bar.finish()
+                    err.write(f"{path}:{number}: {problem.problem}\n")
+                continue
+            if len(batch) >= IMPORT_BATCH:
+                await lists.add_many(batch)
+                imported += len(batch)
+                batch = []
+                bar.show(number, imported, rejected)
+        if batch:
+            await lists.add_many(batch)
+            imported += len(batch)
+    bar.show(total, imported, rejected)
+    bar.finish()
+    if rejected > SHOWN_REJECTIONS:
+        err.write(f"... and {rejected - SHOWN_REJECTIONS} more rejected lines\n")
+    return imported, rejected
+
+
+def _lists_import(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(os.environ)
+    clock = SystemClock()
+
+    async def run() -> tuple[int, int]:
+        async with tool_connection(settings) as client:
+            lists = Watchlists(client, hasher_for(settings), load_lists(settings.rules_dir))
+            expiry = parse_expiry(args.expires_at) if args.expires_at else None
+            return await import_list(
+                lists,
+                args.name,
+                Path(args.file),
+                reason=args.reason,
+                added_by=args.added_by,
+                default_expiry=expiry,
+                now=clock.now(),
+                err=sys.stderr,
+                progress=args.progress or sys.stderr.isatty(),
+            )
+
+    try:
+        imported, rejected = asyncio.run(run())
+    except (UnknownList, InvalidValue) as error:
+        print(f"riskgate lists import: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.name}: {imported} imported, {rejected} rejected")
+    return 0 if rejected == 0 else 1
+
+
+def _stream_id(moment: str | None, default: str) -> str:
+    if not moment:
+        return default
+    try:
+        parsed = datetime.fromisoformat(moment)
+    except ValueError:
+        raise InvalidValue(f"{moment!r} is not an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=CHINA_TZ)
+    return str(int(parsed.timestamp() * 1000))
+
+
+async def export_decisions(client: Any, key: str, out: TextIO, since: str, until: str) -> int:
+    written = 0
+    start = since
+    while True:
+        batch = await client.xrange(key, min=start, max=until, count=1000)
+        for entry_id, fields in batch:
+            out.write(json.dumps(entry_document(entry_id.decode(), fields), ensure_ascii=False) + "\n")
+            written += 1
+        if len(batch) < 1000:
+            return written
+        start = "(" + batch[-1][0].decode()
+
+
+def _decisions_export(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(os.environ)
+
+    async def run() -> int:
+        async with tool_connection(settings) as client:
+            key = f"{hasher_for(settings).prefix}:log:{LOG_STREAM}"
+            since = _stream_id(args.since, "-")
+            until = _stream_id(args.until, "+")
+            if args.out:
+                with Path(args.out).open("w", encoding="utf-8") as out:
+                    return await export_decisions(client, key, out, since, until)
+            return await export_decisions(client, key, sys.stdout, since, until)
+
+    written = asyncio.run(run())
+    print(f"{written} decisions exported", file=sys.stderr)
+    return 0
+
+
+def _decisions_tail(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(os.environ)
+
+    async def run() -> None:
+        async with tool_connection(settings) as client:
+            key = f"{hasher_for(settings).prefix}:log:{LOG_STREAM}"
+            last = "0-0" if args.from_start else "$"
+            shown = 0
+            while args.count is None or shown < args.count:
+                reply = await client.xread({key: last}, block=1000, count=100)
+                for _stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        last = entry_id.decode()
+                        print(json.dumps(entry_document(last, fields), ensure_ascii=False), flush=True)
+                        shown += 1
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
+        asyncio.run(run())
+    return 0
+
+
+def add_admin_commands(commands: Any) -> None:
+    """Register `lists import` and `decisions tail|export` on the main parser's subcommands."""
+    lists = commands.add_parser("lists", help="manage watchlists in bulk")
+    lists_commands = lists.add_subparsers(dest="lists_command", required=True, metavar="COMMAND")
+    load = lists_commands.add_parser(
+        "import", help="load a CSV of value[,expires_at[,reason]] lines into a list, reporting rejected lines"
+    )
+    load.add_argument("name", help="the list, as declared in lists.yaml")
+    load.add_argument("file", help="CSV file; a first line starting with 'value' is a header")
+    load.add_argument("--reason", required=True, help="reason for rows that give none (e.g. the notice number)")
+    load.add_argument("--added-by", required=True, help="who is importing")
+    load.add_argument("--expires-at", help="expiry for rows that give none: YYYY-MM-DD or ISO 8601")
+    load.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
+    load.set_defaults(handler=_lists_import)
+
+    decisions = commands.add_parser("decisions", help="read the decision log")
+    decision_commands = decisions.add_subparsers(dest="decisions_command", required=True, metavar="COMMAND")
+    tail = decision_commands.add_parser("tail", help="print decisions as JSON Lines as they are made")
+    tail.add_argument("--from-start", action="store_true", help="begin with the oldest logged decision")
+    tail.add_argument("--count", type=int, help="stop after this many")
+    tail.set_defaults(handler=_decisions_tail)
+    export = decision_commands.add_parser("export", help="write logged decisions as JSON Lines")
+    export.add_argument("--since", help="ISO 8601 time (China time if no offset)")
+    export.add_argument("--until", help="ISO 8601 time (China time if no offset)")
+    export.add_argument("--out", help="file to write (default: stdout)")
+    export.set_defaults(handler=_decisions_export)

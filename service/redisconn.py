@@ -1,0 +1,84 @@
+"""Connecting to the configured Redis: one place for client options, cluster or not.
+
+The server keeps one client for its lifetime. The command-line tools
+(`riskgate lists`, `riskgate decisions`) use `tool_connection`, which
+reaches the same Redis the server uses: the external one when
+RISKGATE_REDIS_URL is set; else the running server's embedded redis-server
+through its socket; else, when no server is running, a short-lived embedded
+redis-server on the same data directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from service.counters.keys import KeyHasher
+from service.errors import RedisLaunchError
+from service.redis_embedded import EmbeddedRedis
+from service.secret import load_or_create, read_secret
+from service.settings import Settings
+
+# A screening waits at most its budget for Redis; these bound what a stuck
+# connection can cost in the background (connect attempts, a slow reply).
+SOCKET_TIMEOUT_SECONDS = 1.0
+CONNECT_TIMEOUT_SECONDS = 0.5
+
+
+def make_client(url: str, *, cluster: bool) -> Any:
+    """A redis.asyncio client (a RedisCluster when `cluster`), replies as bytes."""
+    if cluster:
+        return RedisCluster.from_url(
+            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS
+        )
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        health_check_interval=0,
+        retry_on_timeout=False,
+    )
+
+
+def hasher_for(settings: Settings) -> KeyHasher:
+    """The identifier hasher, with the secret created on first use of an embedded Redis."""
+    path = settings.hash_secret_path()
+    secret = load_or_create(path) if settings.embedded_redis and not settings.hash_secret_file else read_secret(path)
+    return KeyHasher(secret)
+
+
+def embedded_dir(settings: Settings) -> Path:
+    return settings.data_dir / "redis"
+
+
+@contextlib.asynccontextmanager
+async def tool_connection(settings: Settings) -> AsyncIterator[Any]:
+    """A client for command-line tools, to the Redis the server uses (see the module doc)."""
+    if not settings.embedded_redis:
+        client = make_client(settings.redis_url, cluster=settings.redis_cluster)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+        return
+    embedded = EmbeddedRedis(embedded_dir(settings))
+    started = False
+    try:
+        embedded.start()
+        started = True
+    except RedisLaunchError:
+        # The data directory is locked: a running server owns it; use its socket.
+        if not embedded.socket_path.exists():
+            raise
+    client = make_client(embedded.url, cluster=False)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        if started:
+            embedded.stop()

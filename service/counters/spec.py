@@ -1,0 +1,945 @@
+"""Declared velocity counters: the counter file, its exact semantics, and its loader.
+
+The counter file
+================
+
+One YAML file (shipped: `rules/counters.yaml`) holding a `counters:` list::
+
+    counters:
+      - name: banks                       # [a-z][a-z0-9_]*, unique
+        description: distinct banks where this ID opened accounts
+        on: [card_opening]                # event kinds that UPDATE it
+        key: person.id_number             # the entity it is kept per
+        aggregate: distinct(outlet.institution_id)
+        windows: [30d]                    # Nm / Nh / Nd (1m..180d) and/or `all`
+
+Keys of a declaration (anything else is an error):
+
+``name``
+    Rules read the value of window `w` as ``{name}_{w}``: `banks_30d`,
+    `pair_payments_all`. `CounterSpec.value_names()` lists every such name.
+``description``
+    Free text, shown to rule authors.
+``on``
+    An event kind or a list: card_opening, sim_sale, transfer, closure.
+``key``
+    The entity: one field (``person.id_number``), a list of fields forming
+    one entity (``[transfer.payer_account, transfer.payee_account]``), or a
+    mapping from event kind to either, for an entity that appears under
+    different fields on different kinds::
+
+        key:
+          sim_sale: [person.id_number, sim_sale.carrier]
+          closure: [person.id_number, closure.carrier]
+
+    Key fields are identifier or string fields of the catalogue
+    (`service.facts.FIELDS`) available on every kind that uses the key.
+    All the kinds' keys must name the same kind of entity, position by
+    position (same hashing domain, see `service.counters.keys`).
+``aggregate``
+    ``count`` (events), ``sum(FIELD)`` (a number field; values are rounded
+    to whole numbers, e.g. fen, and negative ones count as 0),
+    ``distinct(FIELD)`` (different values), or ``idle_days`` (see below).
+``windows``
+    A list of at most 8 sliding windows ``Nm``, ``Nh``, ``Nd`` from 1 minute
+    to 180 days, and ``all`` (all-time; not for idle_days).
+``where``
+    A condition in the rule expression language, as a string (applies to
+    every kind the counter is updated on) or a mapping of event kind to
+    string. It is kept as text with its line; the rules layer compiles it
+    and hands `counters_to_update` a predicate.
+``decrement_on``
+    Event kinds that subtract 1 (a closure closes one card or account).
+    Only for ``count`` or ``sum(FIELD)`` with ``windows: [all]``: "active"
+    counts, e.g. class-I accounts per ID per bank. Never below 0.
+``read_as``
+    Extra names under which the SAME stored counter is read for another key
+    of the same kind of entity: ``read_as: [{name: inflow_to_payer, key:
+    transfer.payer_account}]`` on a counter kept per payee account makes
+    `inflow_to_payer_30m` "how much came INTO the account now sending".
+    Nothing is stored twice: it is a read of the payer's own inflow
+    counter. Items take ``name``, ``key``, optional ``read_on`` and
+    ``description``.
+``read_on``
+    The event kinds that read the value (default: every kind on which the
+    key fields exist). Must include the ``on`` and ``decrement_on`` kinds.
+    Narrowing it saves Redis work on kinds whose rules never read it.
+``exact_up_to``
+    distinct() only: how many members are counted exactly (default 64);
+    above that the counter switches to HyperLogLog (standard error 0.81 %).
+``retain``
+    ``Nd`` (1d..3650d, default 400d): how long an all-time or idle_days
+    counter is kept after its entity's last update. Idle entities vanish.
+
+Semantics
+=========
+
+* **The current event is included.** Counters are updated before rules run
+  and the values returned are after the update: at the third bank,
+  `banks_30d` is 3 ("this is the 3rd bank"). Blocked attempts are counted
+  too: being turned away at three banks today is itself a signal.
+* **Event time** is the request's `occurred_at` (whole seconds, UTC), which
+  validation bounds to [server now - 24 h, server now + 5 min], so a wrong
+  client clock cannot push counters far into the future or past.
+* **Who updates, who reads.** A counter is UPDATED by events of its ``on``
+  kinds (``decrement_on``: decremented) whose ``where`` holds and whose key
+  fields and aggregate field are present (an absent or empty value, e.g.
+  no companion or clerk id '', updates nothing). It is READ by every event
+  of a ``read_on`` kind whose key fields are present; a value whose key is
+  absent is absent from the result, and a comparison on it is false.
+  Reading without updating changes nothing.
+* **Sliding windows in buckets.** A window of length W is cut into
+  n = W / g buckets of granularity g: the largest of 10 s, 1 m, 5 m, 15 m,
+  1 h, 6 h, 1 d that divides W into at least 20 buckets (10 s when none
+  does). The window ending at time t holds the buckets floor(t/g) - n + 1
+  .. floor(t/g): every event in [t - W + g, t] and nothing older than
+  t - W. **The error bound is one bucket**: events between t - W and
+  t - W + g may already have dropped out. Common windows:
+
+  ====== ============ ======= ==================
+  window granularity buckets dropped early (max)
+  ====== ============ ======= ==================
+  1m     10 s         6       10 s
+  5m     10 s         30      10 s
+  30m    1 m          30      1 m
+  1h     1 m          60      1 m
+  2h     5 m          24      5 m
+  24h    1 h          24      1 h
+  7d     6 h          28      6 h
+  30d    1 d          30      1 d
+  90d    1 d          90      1 d
+  180d   1 d          180     1 d
+  ====== ============ ======= ==================
+
+* **Out-of-order events.** Per entity, a window ends at the newest bucket
+  any event of that entity has reached, or at the current event's bucket if
+  that is newer. A late event (older than the newest) is added to its own
+  bucket when that bucket is still inside the window, so it counts and is
+  included; an event later than a whole window behind the newest is
+  dropped by that window. With time bounded as above this only affects
+  windows shorter than a day.
+* ``all`` never expires on its own; the key vanishes ``retain`` after the
+  entity's last update.
+* **distinct(FIELD)** counts the different values whose newest occurrence
+  lies in the window. Exact while at most ``exact_up_to`` members are in
+  the longest window; beyond that HyperLogLog per bucket, merged on read:
+  standard error 0.81 % (Redis's 16384 registers), plus the bucket bound.
+  It returns to exact counting after the entity has been idle for its
+  longest window. An event that lacks the field updates nothing.
+* **idle_days** with windows ``[G]`` (a run gap, e.g. 24h): whole days of
+  silence before the entity's current run of activity, a run being events
+  each less than G after the previous one. The first event ever seen for a
+  key gives 0 (no known silence); a read with no update gives the silence
+  up to now when the last event is more than G ago. Events older than the
+  newest change nothing. For rule 24 (dormant account): `out_idle_24h >= 180`.
+* **Decrements** (``decrement_on``) subtract 1 per event, flooring at 0 (a
+  closure of a card opened before the service kept counts).
+* Hashes of identifiers, never identifiers, reach Redis
+  (`service.counters.keys`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from service.counters.kernels import LADDER, granularity_for
+from service.counters.keys import field_domain
+from service.domain import EventKind
+from service.errors import SourceError, SourceProblem
+from service.facts import FIELDS, FieldType, Scalar
+
+MAX_WINDOW_SECONDS = 180 * 86400
+MAX_BUCKETS = 200
+MAX_WINDOWS = 8
+DEFAULT_EXACT_UP_TO = 64
+MAX_EXACT_UP_TO = 10_000
+DEFAULT_RETAIN_DAYS = 400
+MAX_RETAIN_DAYS = 3650
+ALL = "all"
+
+_KIND_ORDER = {kind: index for index, kind in enumerate(EventKind)}
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
+_WINDOW = re.compile(r"([1-9][0-9]{0,5})([mhd])")
+_DAYS = re.compile(r"([1-9][0-9]{0,4})d")
+_AGGREGATE = re.compile(r"(count|idle_days)|(sum|distinct)\(\s*([A-Za-z0-9_.]+)\s*\)")
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
+_COUNTER_KEYS = (
+    "name",
+    "description",
+    "on",
+    "decrement_on",
+    "key",
+    "aggregate",
+    "windows",
+    "where",
+    "read_as",
+    "read_on",
+    "exact_up_to",
+    "retain",
+)
+_READ_AS_KEYS = ("name", "key", "read_on", "description")
+
+
+class Aggregate(enum.StrEnum):
+    COUNT = "count"
+    SUM = "sum"
+    DISTINCT = "distinct"
+    IDLE_DAYS = "idle_days"
+
+
+def _duration_label(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One window of a counter: `label` as written ('30m', '24h', 'all')."""
+
+    label: str
+    seconds: int  # 0 for all-time
+    granularity: int  # bucket width in seconds; 0 for all-time
+
+    @property
+    def all_time(self) -> bool:
+        return self.seconds == 0
+
+    @property
+    def buckets(self) -> int:
+        return self.seconds // self.granularity if self.granularity else 0
+
+    @property
+    def error_bound(self) -> str:
+        """The most the window can lag: one bucket ('1m'), or '0' for all-time."""
+        return _duration_label(self.granularity) if self.granularity else "0"
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """A counter's `where` condition, kept as text for the rules layer to compile."""
+
+    text: str
+    file: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """The entity a counter is kept per: its key fields on each event kind that has them."""
+
+    domains: tuple[str, ...]  # hashing domain per position, e.g. ('id_number', 'carrier')
+    by_kind: tuple[tuple[EventKind, tuple[str, ...]], ...]
+
+    def fields(self, kind: EventKind) -> tuple[str, ...] | None:
+        for k, fields in self.by_kind:
+            if k is kind:
+                return fields
+        return None
+
+    @property
+    def kinds(self) -> frozenset[EventKind]:
+        return frozenset(k for k, _ in self.by_kind)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAs:
+    """Another name under which a counter is read for another key of the same kind of entity."""
+
+    name: str
+    key: Key
+    read_on: frozenset[EventKind]
+    description: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    name: str
+    description: str
+    on: frozenset[EventKind]
+    decrement_on: frozenset[EventKind]
+    key: Key
+    aggregate: Aggregate
+    field: str | None  # the sum() or distinct() field
+    windows: tuple[Window, ...]  # as declared
+    where: tuple[tuple[EventKind, Filter], ...]
+    read_as: tuple[ReadAs, ...]
+    read_on: frozenset[EventKind]
+    exact_up_to: int
+    retain_seconds: int
+    file: str
+    line: int
+
+    def where_for(self, kind: EventKind) -> Filter | None:
+        for k, condition in self.where:
+            if k is kind:
+                return condition
+        return None
+
+    def names(self, prefix: str | None = None) -> tuple[str, ...]:
+        """`{prefix}_{window}` for each window, in declared order (prefix: the counter's name)."""
+        base = self.name if prefix is None else prefix
+        return tuple(f"{base}_{w.label}" for w in self.windows)
+
+    def value_names(self) -> frozenset[str]:
+        """Every name this counter is read by, its read_as names included."""
+        names = set(self.names())
+        for alias in self.read_as:
+            names.update(self.names(alias.name))
+        return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class ValueInfo:
+    """One readable value: `banks_30d` is window 30d of counter `banks`."""
+
+    name: str
+    counter: str
+    window: Window
+    kinds: frozenset[EventKind]  # the event kinds that can read it
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSpec:
+    counters: tuple[Counter, ...]
+    values: tuple[ValueInfo, ...]
+    file: str
+
+    def value_names(self, kind: EventKind | None = None) -> frozenset[str]:
+        """Every readable value name, or those an event of `kind` can read."""
+        return frozenset(v.name for v in self.values if kind is None or kind in v.kinds)
+
+    def value_info(self) -> dict[str, ValueInfo]:
+        return {v.name: v for v in self.values}
+
+    def counter(self, name: str) -> Counter:
+        for counter in self.counters:
+            if counter.name == name:
+                return counter
+        raise KeyError(name)
+
+
+Predicate = Callable[[Filter, Mapping[str, Scalar]], bool]
+
+
+def counters_to_update(
+    spec: CounterSpec, kind: EventKind, facts: Mapping[str, Scalar], predicate: Predicate
+) -> frozenset[str]:
+    """Names of the counters an event updates (or decrements): its kind is in `on`/`decrement_on`
+    and the counter's `where` for that kind, if any, holds for its facts."""
+    names: list[str] = []
+    for counter in spec.counters:
+        if kind in counter.on or kind in counter.decrement_on:
+            condition = counter.where_for(kind)
+            if condition is None or predicate(condition, facts):
+                names.append(counter.name)
+    return frozenset(names)
+
+
+def load_counters(path: Path | str) -> CounterSpec:
+    """Load and check a counter file; raises SourceError listing every problem as `file:line: problem`."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError([SourceProblem(file, 1, f"cannot read the counter file: {exc}")]) from None
+    return parse_counters(text, file)
+
+
+def parse_counters(text: str, file: str) -> CounterSpec:
+    return _Loader(file).load(text)
+
+
+# --------------------------------------------------------------------- YAML
+
+
+@dataclass(frozen=True, slots=True)
+class _Scalar:
+    text: str
+    line: int
+    null: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Seq:
+    items: tuple[_Node, ...]
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Map:
+    items: tuple[tuple[str, int, _Node], ...]  # key, key line, value
+    line: int
+
+    def get(self, key: str) -> _Node | None:
+        for k, _, value in self.items:
+            if k == key:
+                return value
+        return None
+
+
+_Node = _Scalar | _Seq | _Map
+
+
+def _suggest(word: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _kinds_text(kinds: Iterable[EventKind]) -> str:
+    return ", ".join(k.value for k in sorted(kinds, key=_KIND_ORDER.__getitem__))
+
+
+def _sorted_kinds(kinds: Iterable[EventKind]) -> list[EventKind]:
+    return sorted(kinds, key=_KIND_ORDER.__getitem__)
+
+
+class _Loader:
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[SourceProblem] = []
+        self.where: str = ""  # "counter 'x': " prefix of the messages being produced
+
+    def problem(self, line: int, text: str) -> None:
+        self.problems.append(SourceProblem(self.file, line, self.where + text))
+
+    # ---------------------------------------------------------------- tree
+
+    def tree(self, node: Node) -> _Node:
+        line = node.start_mark.line + 1
+        if isinstance(node, ScalarNode):
+            if node.style in ("|", ">"):
+                line += 1
+            null = node.style is None and node.value in ("", "~", "null", "Null", "NULL")
+            return _Scalar(node.value, line, null)
+        if isinstance(node, SequenceNode):
+            return _Seq(tuple(self.tree(item) for item in node.value), line)
+        if isinstance(node, MappingNode):
+            items: list[tuple[str, int, _Node]] = []
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                key_line = key_node.start_mark.line + 1
+                if not isinstance(key_node, ScalarNode):
+                    self.problem(key_line, "mapping keys must be plain strings")
+                    continue
+                key = key_node.value
+                if key in seen:
+                    self.problem(key_line, f"duplicate key '{key}' (first at line {seen[key]})")
+                    continue
+                seen[key] = key_line
+                items.append((key, key_line, self.tree(value_node)))
+            return _Map(tuple(items), line)
+        raise TypeError(f"unexpected YAML node {node!r}")  # pragma: no cover - compose yields only these
+
+    def load(self, text: str) -> CounterSpec:
+        try:
+            documents = [d for d in yaml.compose_all(text, Loader=yaml.SafeLoader) if d is not None]
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else 1
+            raise SourceError(
+                [SourceProblem(self.file, line, f"YAML syntax error: {exc.problem or exc.context}")]
+            ) from None
+        except yaml.YAMLError as exc:
+            raise SourceError([SourceProblem(self.file, 1, f"YAML syntax error: {exc}")]) from None
+        if len(documents) > 1:
+            line = documents[1].start_mark.line + 1
+            raise SourceError([SourceProblem(self.file, line, "only one YAML document per file")])
+        root = self.tree(documents[0]) if documents else None
+        counters: list[Counter] = []
+        if not isinstance(root, _Map):
+            line = root.line if root is not None else 1
+            self.problem(line, "expected a mapping with a 'counters' list")
+        else:
+            for key, key_line, _ in root.items:
+                if key != "counters":
+                    self.problem(key_line, f"unknown key '{key}'{_suggest(key, ['counters'])}")
+            items = root.get("counters")
+            if items is None:
+                self.problem(root.line, "missing 'counters'")
+            elif not isinstance(items, _Seq):
+                self.problem(items.line, "'counters' must be a list of counter declarations")
+            else:
+                counters = self.counters(items)
+        values = self.value_infos(counters)
+        if self.problems:
+            self.problems.sort(key=lambda p: p.line)
+            raise SourceError(self.problems)
+        return CounterSpec(tuple(counters), values, self.file)
+
+    # ------------------------------------------------------------ counters
+
+    def counters(self, items: _Seq) -> list[Counter]:
+        counters: list[Counter] = []
+        first_line: dict[str, int] = {}
+        for index, item in enumerate(items.items, start=1):
+            self.where = ""
+            if not isinstance(item, _Map):
+                self.problem(item.line, "a counter declaration must be a mapping")
+                continue
+            counter = self.counter(item, index)
+            self.where = ""
+            if counter is None:
+                continue
+            if counter.name in first_line:
+                self.problem(
+                    counter.line,
+                    f"counter '{counter.name}': duplicate name (first declared at line {first_line[counter.name]})",
+                )
+                continue
+            first_line[counter.name] = counter.line
+            counters.append(counter)
+        return counters
+
+    def counter(self, node: _Map, index: int) -> Counter | None:
+        errors_before = len(self.problems)
+        name_node = node.get("name")
+        name = self.name(name_node, node.line, f"counter #{index}")
+        self.where = f"counter '{name}': " if name else f"counter #{index}: "
+        for entry, entry_line, _ in node.items:
+            if entry not in _COUNTER_KEYS:
+                self.unknown_key(entry, entry_line, _COUNTER_KEYS)
+        on = self.kinds(node, "on", required=True)
+        decrement_on = self.kinds(node, "decrement_on", required=False)
+        for kind in _sorted_kinds(on & decrement_on):
+            self.problem(self.line_of(node, "decrement_on"), f"{kind.value} is in both 'on' and 'decrement_on'")
+        updaters = on | decrement_on
+        aggregate, field = self.aggregate(node, on)
+        windows = self.windows(node, aggregate)
+        key = self.key(node.get("key"), self.line_of(node, "key"), updaters, "key", required=True)
+        where = self.where_clause(node, updaters)
+        read_on = self.read_on(node.get("read_on"), key, updaters)
+        exact_up_to = self.exact_up_to(node, aggregate)
+        retain = self.retain(node, aggregate, windows)
+        description = self.text(node.get("description"), "description")
+        if decrement_on and aggregate not in (Aggregate.COUNT, Aggregate.SUM):
+            self.problem(self.line_of(node, "decrement_on"), "decrement_on needs aggregate count or sum(FIELD)")
+        elif decrement_on and windows and [w.label for w in windows] != [ALL]:
+            self.problem(self.line_of(node, "decrement_on"), "decrement_on needs windows: [all] (an active count)")
+        read_as = self.read_as_list(node.get("read_as"), key)
+        self.where = ""
+        if len(self.problems) > errors_before or name is None or key is None or aggregate is None:
+            return None
+        return Counter(
+            name=name,
+            description=description,
+            on=on,
+            decrement_on=decrement_on,
+            key=key,
+            aggregate=aggregate,
+            field=field,
+            windows=windows,
+            where=where,
+            read_as=read_as,
+            read_on=read_on,
+            exact_up_to=exact_up_to,
+            retain_seconds=retain,
+            file=self.file,
+            line=node.line,
+        )
+
+    @staticmethod
+    def line_of(node: _Map, key: str) -> int:
+        for k, key_line, _ in node.items:
+            if k == key:
+                return key_line
+        return node.line
+
+    def unknown_key(self, key: str, line: int, allowed: Iterable[str]) -> None:
+        hint = _suggest(key, allowed)
+        if not hint:
+            hint = f" (expected one of: {', '.join(sorted(allowed))})"
+        self.problem(line, f"unknown key '{key}'{hint}")
+
+    def name(self, node: _Node | None, line: int, what: str) -> str | None:
+        if node is None:
+            self.problem(line, f"{what}: missing 'name'")
+            return None
+        if not isinstance(node, _Scalar) or node.null:
+            self.problem(node.line, f"{what}: 'name' must be a string")
+            return None
+        if not _NAME.fullmatch(node.text):
+            self.problem(
+                node.line,
+                f"{what}: bad name '{node.text}'; use lower-case letters, digits and '_', "
+                "starting with a letter (at most 48 characters)",
+            )
+            return None
+        return node.text
+
+    def text(self, node: _Node | None, key: str) -> str:
+        if node is None:
+            return ""
+        if not isinstance(node, _Scalar):
+            self.problem(node.line, f"'{key}' must be a string")
+            return ""
+        return "" if node.null else node.text.strip()
+
+    def scalars(self, node: _Node, what: str) -> list[_Scalar] | None:
+        """A scalar or a list of scalars."""
+        if isinstance(node, _Scalar) and not node.null:
+            return [node]
+        if isinstance(node, _Seq) and node.items and all(isinstance(i, _Scalar) and not i.null for i in node.items):
+            return [i for i in node.items if isinstance(i, _Scalar)]
+        self.problem(node.line, what)
+        return None
+
+    def kinds(self, node: _Map, key: str, *, required: bool) -> frozenset[EventKind]:
+        value = node.get(key)
+        if value is None:
+            if required:
+                self.problem(node.line, f"missing '{key}'")
+            return frozenset()
+        items = self.scalars(value, f"'{key}' must be an event kind or a list of event kinds")
+        kinds: set[EventKind] = set()
+        for item in items or ():
+            kind = self.kind(item.text, item.line, f" in '{key}'")
+            if kind is not None:
+                kinds.add(kind)
+        return frozenset(kinds)
+
+    def kind(self, text: str, line: int, context: str = "") -> EventKind | None:
+        try:
+            return EventKind(text)
+        except ValueError:
+            self.problem(line, f"unknown event kind '{text}'{context}{_suggest(text, [k.value for k in EventKind])}")
+            return None
+
+    def field(self, text: str, line: int) -> str | None:
+        if text in FIELDS:
+            return text
+        self.problem(line, f"unknown field '{text}'{_suggest(text, FIELDS)}")
+        return None
+
+    # ------------------------------------------------------------ aggregate
+
+    def aggregate(self, node: _Map, on: frozenset[EventKind]) -> tuple[Aggregate | None, str | None]:
+        value = node.get("aggregate")
+        if value is None:
+            self.problem(node.line, "missing 'aggregate'")
+            return None, None
+        text = value.text.strip() if isinstance(value, _Scalar) else ""
+        match = _AGGREGATE.fullmatch(text)
+        if match is None:
+            shown = f"'{text}'" if isinstance(value, _Scalar) else "(not a string)"
+            self.problem(value.line, f"bad aggregate {shown}; expected count, sum(FIELD), distinct(FIELD) or idle_days")
+            return None, None
+        if match.group(1):
+            return Aggregate(match.group(1)), None
+        aggregate = Aggregate(match.group(2))
+        field = self.field(match.group(3), value.line)
+        if field is None:
+            return None, None
+        spec = FIELDS[field]
+        if aggregate is Aggregate.SUM and spec.type is not FieldType.NUMBER:
+            self.problem(value.line, f"sum() needs a number field; '{field}' is a {spec.type.value} field")
+            return None, None
+        if aggregate is Aggregate.DISTINCT and spec.type is FieldType.BOOL:
+            self.problem(value.line, f"distinct() of a bool field counts at most 2; '{field}' is a bool field")
+            return None, None
+        for kind in _sorted_kinds(on - spec.kinds):
+            self.problem(
+                value.line,
+                f"aggregate field '{field}' is not available on {kind.value} events "
+                f"(only on {_kinds_text(spec.kinds)})",
+            )
+            return None, None
+        return aggregate, field
+
+    # -------------------------------------------------------------- windows
+
+    def windows(self, node: _Map, aggregate: Aggregate | None) -> tuple[Window, ...]:
+        value = node.get("windows")
+        if value is None:
+            self.problem(node.line, "missing 'windows'")
+            return ()
+        items = self.scalars(value, "'windows' must be a list of windows, e.g. [30m, 24h]")
+        windows: list[Window] = []
+        for item in items or ():
+            window = self.window(item, aggregate)
+            if window is None:
+                continue
+            same = next((w for w in windows if w.seconds == window.seconds), None)
+            if same is not None:
+                extra = "" if same.label == window.label else f" (same as '{same.label}')"
+                self.problem(item.line, f"duplicate window '{window.label}'{extra}")
+                continue
+            windows.append(window)
+        if len(windows) > MAX_WINDOWS:
+            self.problem(value.line, f"at most {MAX_WINDOWS} windows per counter")
+        return tuple(windows)
+
+    def window(self, item: _Scalar, aggregate: Aggregate | None) -> Window | None:
+        text = item.text.strip()
+        if text == ALL:
+            if aggregate is Aggregate.IDLE_DAYS:
+                self.problem(item.line, "idle_days needs a run gap window such as 24h, not 'all'")
+                return None
+            return Window(ALL, 0, 0)
+        match = _WINDOW.fullmatch(text)
+        if match is None:
+            self.problem(item.line, f"bad window '{text}'; expected Nm, Nh or Nd (1 minute to 180 days) or all")
+            return None
+        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        if seconds > MAX_WINDOW_SECONDS:
+            self.problem(item.line, f"window '{text}' is longer than 180 days")
+            return None
+        granularity = int(granularity_for.py_func(seconds))
+        if aggregate is not Aggregate.IDLE_DAYS and seconds // granularity > MAX_BUCKETS:
+            units = [_duration_label(g) for g in LADDER if g > granularity and g >= 300]
+            coarser = ", ".join(units[:-1]) + f" or {units[-1]}" if len(units) > 1 else units[0]
+            self.problem(
+                item.line,
+                f"window '{text}' would need {seconds // granularity} buckets of "
+                f"{_duration_label(granularity)}; make it a multiple of {coarser}",
+            )
+            return None
+        return Window(text, seconds, granularity)
+
+    # ------------------------------------------------------------------ key
+
+    def key(
+        self,
+        node: _Node | None,
+        line: int,
+        updaters: frozenset[EventKind],
+        what: str,
+        *,
+        required: bool,
+    ) -> Key | None:
+        if node is None:
+            if required:
+                self.problem(line, f"missing '{what}'")
+            return None
+        if isinstance(node, _Map):
+            by_kind: list[tuple[EventKind, tuple[str, ...]]] = []
+            lines: list[int] = []
+            ok = True
+            for kind_text, kind_line, value in node.items:
+                kind = self.kind(kind_text, kind_line, f" in '{what}'")
+                fields = self.key_fields(value, frozenset({kind}) if kind else frozenset(), what)
+                if kind is None or fields is None:
+                    ok = False
+                    continue
+                by_kind.append((kind, fields))
+                lines.append(kind_line)
+            present = {k for k, _ in by_kind}
+            for kind in _sorted_kinds(updaters - present):
+                if ok:
+                    self.problem(line, f"'{what}' has no entry for {kind.value}, which updates the counter")
+                ok = False
+            if not ok or not by_kind:
+                return None
+            domains = tuple(field_domain(f) for f in by_kind[0][1])
+            for (kind, fields), kind_line in zip(by_kind[1:], lines[1:], strict=True):
+                other = tuple(field_domain(f) for f in fields)
+                if other != domains:
+                    self.problem(
+                        kind_line,
+                        f"'{what}' names different entities: {by_kind[0][0].value} ({', '.join(domains)}) "
+                        f"vs {kind.value} ({', '.join(other)})",
+                    )
+                    return None
+            by_kind.sort(key=lambda kv: _KIND_ORDER[kv[0]])
+            return Key(domains, tuple(by_kind))
+        fields = self.key_fields(node, updaters, what)
+        if fields is None:
+            return None
+        available = frozenset(EventKind)
+        for field in fields:
+            available &= FIELDS[field].kinds
+        if not available:
+            self.problem(node.line, f"the fields of '{what}' are never all present on one event kind")
+            return None
+        return Key(
+            tuple(field_domain(f) for f in fields),
+            tuple((kind, fields) for kind in _sorted_kinds(available)),
+        )
+
+    def key_fields(self, node: _Node, kinds: frozenset[EventKind], what: str) -> tuple[str, ...] | None:
+        items = self.scalars(node, f"'{what}' must be a field, a list of fields, or a mapping of event kind to those")
+        if items is None:
+            return None
+        fields: list[str] = []
+        ok = True
+        for item in items:
+            field = self.field(item.text.strip(), item.line)
+            if field is None:
+                ok = False
+                continue
+            spec = FIELDS[field]
+            if spec.type not in (FieldType.IDENTIFIER, FieldType.STRING):
+                self.problem(
+                    item.line,
+                    f"key field '{field}' is a {spec.type.value} field; key fields must be identifier or string fields",
+                )
+                ok = False
+                continue
+            if field in fields:
+                self.problem(item.line, f"key field '{field}' is listed twice")
+                ok = False
+                continue
+            for kind in _sorted_kinds(kinds - spec.kinds):
+                self.problem(
+                    item.line,
+                    f"key field '{field}' is not available on {kind.value} events (only on {_kinds_text(spec.kinds)})",
+                )
+                ok = False
+                break
+            fields.append(field)
+        return tuple(fields) if ok else None
+
+    def read_on(self, node: _Node | None, key: Key | None, updaters: frozenset[EventKind]) -> frozenset[EventKind]:
+        if key is None:
+            return frozenset()
+        if node is None:
+            return key.kinds
+        items = self.scalars(node, "'read_on' must be an event kind or a list of event kinds")
+        kinds: set[EventKind] = set()
+        for item in items or ():
+            kind = self.kind(item.text, item.line, " in 'read_on'")
+            if kind is None:
+                continue
+            if kind not in key.kinds:
+                self.problem(item.line, f"read_on: the key is not available on {kind.value} events")
+                continue
+            kinds.add(kind)
+        missing = updaters - kinds
+        if items and missing:
+            self.problem(
+                node.line,
+                f"read_on must include every kind that updates the counter; missing {_kinds_text(missing)}",
+            )
+        return frozenset(kinds)
+
+    # ---------------------------------------------------------------- where
+
+    def where_clause(self, node: _Map, updaters: frozenset[EventKind]) -> tuple[tuple[EventKind, Filter], ...]:
+        value = node.get("where")
+        if value is None:
+            return ()
+        if isinstance(value, _Scalar) and not value.null and value.text.strip():
+            condition = Filter(value.text.strip(), self.file, value.line)
+            return tuple((kind, condition) for kind in _sorted_kinds(updaters))
+        if isinstance(value, _Map):
+            out: list[tuple[EventKind, Filter]] = []
+            for kind_text, kind_line, item in value.items:
+                kind = self.kind(kind_text, kind_line, " in 'where'")
+                if kind is None:
+                    continue
+                if kind not in updaters:
+                    self.problem(kind_line, f"where for {kind.value}, but {kind.value} does not update the counter")
+                    continue
+                if not isinstance(item, _Scalar) or item.null or not item.text.strip():
+                    self.problem(item.line, f"where for {kind.value} must be a condition string")
+                    continue
+                out.append((kind, Filter(item.text.strip(), self.file, item.line)))
+            out.sort(key=lambda kv: _KIND_ORDER[kv[0]])
+            return tuple(out)
+        self.problem(value.line, "'where' must be a condition string or a mapping of event kind to condition")
+        return ()
+
+    # -------------------------------------------------------------- options
+
+    def exact_up_to(self, node: _Map, aggregate: Aggregate | None) -> int:
+        value = node.get("exact_up_to")
+        if value is None:
+            return DEFAULT_EXACT_UP_TO
+        if aggregate is not Aggregate.DISTINCT:
+            self.problem(self.line_of(node, "exact_up_to"), "exact_up_to applies only to distinct(FIELD)")
+            return DEFAULT_EXACT_UP_TO
+        text = value.text.replace("_", "") if isinstance(value, _Scalar) else ""
+        if not text.isdigit() or not 1 <= int(text) <= MAX_EXACT_UP_TO:
+            self.problem(value.line, f"exact_up_to must be a whole number from 1 to {MAX_EXACT_UP_TO}")
+            return DEFAULT_EXACT_UP_TO
+        return int(text)
+
+    def retain(self, node: _Map, aggregate: Aggregate | None, windows: tuple[Window, ...]) -> int:
+        value = node.get("retain")
+        if value is None:
+            return DEFAULT_RETAIN_DAYS * 86400
+        if aggregate is not Aggregate.IDLE_DAYS and not any(w.all_time for w in windows):
+            self.problem(self.line_of(node, "retain"), "retain applies only with window 'all' or aggregate idle_days")
+            return DEFAULT_RETAIN_DAYS * 86400
+        match = _DAYS.fullmatch(value.text.strip()) if isinstance(value, _Scalar) else None
+        if match is None or int(match.group(1)) > MAX_RETAIN_DAYS:
+            self.problem(value.line, f"retain must be Nd, from 1d to {MAX_RETAIN_DAYS}d")
+            return DEFAULT_RETAIN_DAYS * 86400
+        return int(match.group(1)) * 86400
+
+    # -------------------------------------------------------------- read_as
+
+    def read_as_list(self, node: _Node | None, key: Key | None) -> tuple[ReadAs, ...]:
+        if node is None:
+            return ()
+        if not isinstance(node, _Seq) or not node.items:
+            self.problem(node.line, "'read_as' must be a list of {name, key} mappings")
+            return ()
+        prefix = self.where
+        out: list[ReadAs] = []
+        for item in node.items:
+            self.where = prefix
+            if not isinstance(item, _Map):
+                self.problem(item.line, "'read_as' must be a list of {name, key} mappings")
+                continue
+            alias = self.name(item.get("name"), item.line, "read_as")
+            if alias is None:
+                continue
+            self.where = f"{prefix}read_as '{alias}': "
+            errors_before = len(self.problems)
+            for k, key_line, _ in item.items:
+                if k not in _READ_AS_KEYS:
+                    self.unknown_key(k, key_line, _READ_AS_KEYS)
+            alias_key = self.key(item.get("key"), self.line_of(item, "key"), frozenset(), "key", required=True)
+            if alias_key is not None and key is not None and alias_key.domains != key.domains:
+                self.problem(
+                    self.line_of(item, "key"),
+                    f"the key names a different entity than the counter's key "
+                    f"({', '.join(alias_key.domains)} vs {', '.join(key.domains)})",
+                )
+                continue
+            read_on = self.read_on(item.get("read_on"), alias_key, frozenset())
+            description = self.text(item.get("description"), "description")
+            if alias_key is None or len(self.problems) > errors_before:
+                continue
+            out.append(ReadAs(alias, alias_key, read_on, description, item.line))
+        self.where = prefix
+        return tuple(out)
+
+    # --------------------------------------------------------------- values
+
+    def value_infos(self, counters: list[Counter]) -> tuple[ValueInfo, ...]:
+        values: list[ValueInfo] = []
+        produced: dict[str, Counter] = {}
+
+        def add(name: str, counter: Counter, window: Window, kinds: frozenset[EventKind], text: str) -> None:
+            owner = produced.get(name)
+            if owner is not None:
+                self.problem(
+                    counter.line,
+                    f"counter '{counter.name}': value name '{name}' is already produced by counter "
+                    f"'{owner.name}' (line {owner.line})",
+                )
+                return
+            produced[name] = counter
+            values.append(ValueInfo(name, counter.name, window, kinds, text))
+
+        for counter in counters:
+            for window in counter.windows:
+                add(f"{counter.name}_{window.label}", counter, window, counter.read_on, counter.description)
+            for alias in counter.read_as:
+                text = alias.description or f"{counter.description} (counter '{counter.name}' read for another key)"
+                for window in counter.windows:
+                    add(f"{alias.name}_{window.label}", counter, window, alias.read_on, text)
+        return tuple(values)

@@ -1,0 +1,79 @@
+"""Keyed hashing: deterministic under one secret, different under another, domain-separated."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from service.counters.keys import ENTITY_BYTES, MEMBER_BYTES, KeyHasher, field_domain
+
+SECRET = bytes(range(32))
+ID = "11010519900307123X"
+PHONE = "13812345678"
+
+
+def test_entity_hash_is_stable_short_and_opaque() -> None:
+    hasher = KeyHasher(SECRET)
+    first = hasher.entity([("id_number", ID)])
+    assert first == KeyHasher(SECRET).entity([("id_number", ID)])
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", first)  # 16 bytes, base64url without padding
+    assert ENTITY_BYTES == 16
+    assert ID not in first and ID[:6] not in first
+    assert KeyHasher(bytes(32)).entity([("id_number", ID)]) != first
+
+
+def test_domains_separate_the_same_digits() -> None:
+    hasher = KeyHasher(SECRET)
+    assert hasher.entity([("phone", PHONE)]) != hasher.entity([("account", PHONE)])
+    # composite keys are framed, so parts cannot slide into each other
+    assert hasher.entity([("a", "bc"), ("d", "e")]) != hasher.entity([("a", "b"), ("cd", "e")])
+    assert hasher.entity([("id_number", ID), ("carrier", "x")]) != hasher.entity([("carrier", "x"), ("id_number", ID)])
+
+
+def test_roles_of_one_entity_share_a_domain() -> None:
+    assert {field_domain(f) for f in ("person.id_number", "applicant.id_number", "payer.id_number")} == {"id_number"}
+    assert {
+        field_domain(f)
+        for f in (
+            "transfer.payer_account",
+            "transfer.payee_account",
+            "closure.account_number",
+            "card_opening.account_number",
+        )
+    } == {"account"}
+    assert field_domain("sim_sale.carrier") == field_domain("closure.carrier") == "carrier"
+    assert field_domain("closure.msisdn") == field_domain("buyer.phone") == "phone"
+    assert field_domain("sim_sale.device_id") == field_domain("transfer.device_id") == "device"
+    assert field_domain("outlet.outlet_id") != field_domain("outlet.clerk_id")
+    assert field_domain("card_opening.account_class") == "card_opening.account_class"
+
+
+def test_identifier_equals_single_field_entity() -> None:
+    hasher = KeyHasher(SECRET)
+    assert hasher.identifier("transfer.payee_account", "6222021234567890") == hasher.entity(
+        [("account", "6222021234567890")]
+    )
+
+
+def test_members_are_short_and_unlinkable_across_entities() -> None:
+    hasher = KeyHasher(SECRET)
+    one, two = hasher.entity([("account", "1")]), hasher.entity([("account", "2")])
+    member = hasher.member(one, "account", "6222021234567890")
+    assert len(member) == MEMBER_BYTES == 8
+    assert member == hasher.member(one, "account", "6222021234567890")
+    assert member != hasher.member(two, "account", "6222021234567890")
+    assert member != hasher.member(one, "id_number", "6222021234567890")
+
+
+def test_counter_key_carries_a_cluster_hash_tag() -> None:
+    hasher = KeyHasher(SECRET)
+    entity = hasher.entity([("id_number", ID)])
+    assert hasher.counter_key(entity, "banks") == f"rg:c:{{{entity}}}:banks"
+    assert KeyHasher(SECRET, prefix="t").counter_key(entity, "x").startswith("t:c:{")
+
+
+def test_short_secret_refused_and_never_shown() -> None:
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        KeyHasher(b"short")
+    assert SECRET.hex() not in repr(KeyHasher(SECRET))

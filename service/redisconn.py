@@ -17,6 +17,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from service.counters.keys import KeyHasher
 from service.errors import RedisLaunchError
@@ -31,17 +33,26 @@ CONNECT_TIMEOUT_SECONDS = 0.5
 
 
 def make_client(url: str, *, cluster: bool) -> Any:
-    """A redis.asyncio client (a RedisCluster when `cluster`), replies as bytes."""
+    """A redis.asyncio client (a RedisCluster when `cluster`), replies as bytes.
+
+    redis-py retries failed commands by default. A counter script whose reply
+    was lost may already have run, so a retry would count the event twice:
+    retries are off, and a failure degrades the decision instead.
+    """
+    no_retry = Retry(NoBackoff(), 0)
     if cluster:
         return RedisCluster.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=CONNECT_TIMEOUT_SECONDS
+            url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            retry=no_retry,
         )
     return aioredis.Redis.from_url(
         url,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         health_check_interval=0,
-        retry_on_timeout=False,
+        retry=no_retry,
     )
 
 

@@ -18,6 +18,7 @@ from service import __version__, logs
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.errors import ConfigError, RiskgateError
+from service.rules.commands import add_rules_commands
 from service.server import run
 from service.settings import SETTINGS, Settings
 
@@ -101,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     screen.add_argument("--target", help="server address (default: RISKGATE_LISTEN)")
     screen.add_argument("--timeout", type=float, default=5.0, help="deadline per request, seconds")
     screen.set_defaults(handler=_screen)
+
+    add_rules_commands(commands)
     return root
 
 

@@ -69,6 +69,10 @@ class SourceError(RiskgateError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class EvaluationError(RiskgateError):
+    """The inputs of a rule evaluation are malformed (a bug upstream), or the ruleset is closed."""
+
+
 class StoreUnavailable(RiskgateError):
     """Redis could not answer within its budget; the request is decided degraded."""
 

@@ -22,13 +22,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.domain import (
+    AccountClass,
     CardOpening,
+    Carrier,
     Closure,
+    CompanionRelation,
     EventKind,
+    IdentityCheck,
     Person,
     ScreenRequest,
+    Sex,
     SimSale,
     Transfer,
+    TransferChannel,
     local_time,
 )
 
@@ -52,6 +58,9 @@ class FieldSpec:
     kinds: frozenset[EventKind]
     description: str
     optional: bool = False
+    # For enum-like STRING fields: every value facts() can produce. Rule
+    # checking rejects a comparison with any other value (it could never hold).
+    choices: frozenset[str] | None = None
 
 
 ALL_KINDS = frozenset(EventKind)
@@ -59,6 +68,27 @@ _K = EventKind.CARD_OPENING
 _S = EventKind.SIM_SALE
 _T = EventKind.TRANSFER
 _C = EventKind.CLOSURE
+
+
+def _values(enum_type: type[enum.StrEnum]) -> frozenset[str]:
+    return frozenset(member.value for member in enum_type)
+
+
+# The values of the enum-like string fields (FieldSpec.choices), by field name;
+# person fields by their leaf, for every role.
+_CHOICES: Mapping[str, frozenset[str]] = {
+    "event": _values(EventKind),
+    "card_opening.account_class": _values(AccountClass),
+    "card_opening.companion_relation": _values(CompanionRelation),
+    "card_opening.identity_check": _values(IdentityCheck),
+    "sim_sale.carrier": _values(Carrier),
+    "sim_sale.identity_check": _values(IdentityCheck),
+    "transfer.channel": _values(TransferChannel),
+    "closure.target": frozenset({"bank_account", "sim"}),
+    "closure.account_class": _values(AccountClass),
+    "closure.carrier": _values(Carrier),
+}
+_PERSON_CHOICES: Mapping[str, frozenset[str]] = {"sex": _values(Sex)}
 
 _PERSON_FIELDS: tuple[tuple[str, FieldType, str, bool], ...] = (
     ("id_number", FieldType.IDENTIFIER, "resident ID number", False),
@@ -170,8 +200,14 @@ _EVENT_FIELDS: tuple[tuple[str, FieldType, frozenset[EventKind], str, bool], ...
     ),
     # closures
     ("closure.target", FieldType.STRING, frozenset({_C}), "'bank_account' or 'sim'", False),
-    ("closure.account_class", FieldType.STRING, frozenset({_C}), "class of the closed account", True),
-    ("closure.carrier", FieldType.STRING, frozenset({_C}), "carrier of the closed SIM", True),
+    (
+        "closure.account_class",
+        FieldType.STRING,
+        frozenset({_C}),
+        "class of the closed account: 'I', 'II' or 'III'",
+        True,
+    ),
+    ("closure.carrier", FieldType.STRING, frozenset({_C}), "carrier of the closed SIM (as sim_sale.carrier)", True),
     ("closure.account_number", FieldType.IDENTIFIER, frozenset({_C}), "closed account number", True),
     ("closure.msisdn", FieldType.IDENTIFIER, frozenset({_C}), "closed SIM's mobile number", True),
 )
@@ -180,13 +216,15 @@ _EVENT_FIELDS: tuple[tuple[str, FieldType, frozenset[EventKind], str, bool], ...
 def _catalogue() -> dict[str, FieldSpec]:
     fields: dict[str, FieldSpec] = {}
     for name, ftype, kinds, description, optional in _EVENT_FIELDS:
-        fields[name] = FieldSpec(name, ftype, kinds, description, optional)
+        fields[name] = FieldSpec(name, ftype, kinds, description, optional, _CHOICES.get(name))
     for role, kinds in _ROLES.items():
         for leaf, ftype, description, optional in _PERSON_FIELDS:
             name = f"{role}.{leaf}"
             # A companion is optional as a whole.
             is_optional = optional or role == "companion"
-            fields[name] = FieldSpec(name, ftype, kinds, f"{role}: {description}", is_optional)
+            fields[name] = FieldSpec(
+                name, ftype, kinds, f"{role}: {description}", is_optional, _PERSON_CHOICES.get(leaf)
+            )
     return fields
 
 

@@ -151,6 +151,16 @@ def evaluate_condition(condition: Condition, inputs: _Inputs) -> Tri:
     return re.fullmatch(condition.pattern.python, subject, re.DOTALL) is not None
 
 
+def evaluate(
+    condition: Condition,
+    facts: Mapping[str, Scalar],
+    counters: Mapping[str, int | float] | None = None,
+    list_hits: Mapping[tuple[str, str], bool] | None = None,
+) -> Tri:
+    """`condition` over these inputs: True, False or None (unknown)."""
+    return evaluate_condition(condition, _Inputs(facts, counters or {}, list_hits or {}))
+
+
 def rule_fires(
     rule: Rule,
     facts: Mapping[str, Scalar],

@@ -4,10 +4,13 @@ Rule files
 ==========
 
 A rules directory holds rule files, named `*.rules.yaml` (found recursively,
-hidden files skipped, read in order of their relative path), and their test
-cases, `*.cases.yaml`. Any other file there (`counters.yaml`, notes) belongs
-to another module and is ignored by this one. All rule files of a directory
-form one ruleset.
+hidden files skipped, read in order of their relative path), their test
+cases, `*.cases.yaml`, the velocity counters rules read (`counters.yaml`,
+service.counters.spec) and the watchlists they look up (`lists.yaml`,
+service.lists). All rule files of a directory form one ruleset, checked
+against that directory's counters and lists (service.rules.directory); the
+server serves and hot-reloads the whole directory as one unit
+(service.rules.reload).
 
     revision: 2024-06-01          # optional label: letters, digits, . _ + -
     rules:
@@ -30,8 +33,9 @@ Unknown keys are errors. Every problem is reported as `file:line: problem`.
 The ruleset revision stamped on every decision is `LABELS@HASH`: the
 distinct `revision:` labels of the files, sorted and joined with `+` (none:
 just `HASH`), and the first 12 hex digits of a SHA-256 over every rule
-file's relative path and exact text. Same files, same revision; any edit,
-even a comment, a new one.
+file's relative path and exact text, followed by counters.yaml and
+lists.yaml (they change what the rules mean). Same files, same revision;
+any edit, even a comment, a new one. Case files do not count.
 
 Conditions (`when`)
 ===================
@@ -59,7 +63,13 @@ Conditions (`when`)
   backslashes or control characters inside); only `==`, `!=`, `in [..]`,
   `not in [..]`, `startswith "prefix"` and `matches "pattern"` (see
   service.rules.patterns for the pattern subset: `.`, `%d`, `%.`, `[a-z]`,
-  groups, `|`, `* + ?`, `{m,n}`; the whole string must match).
+  groups, `|`, `* + ?`, `{m,n}`; the whole string must match). Enum-like
+  fields (`FieldSpec.choices`: event, sex, account class, identity check,
+  carrier, channel, closure target, ...) compare only with their own
+  values: `card_opening.account_class == "1"` is an error naming them.
+* Lists: `FIELD in list.NAME` for a list declared in lists.yaml, and only
+  with a field of the list's kind (`ListSpec.accepts_field`: an `account`
+  list takes `transfer.payee_account`, not `payer.id_number`).
 * Yes/no fields: alone (`payer.non_local`), with `not`, or `== true/false`.
 * Identifiers (ID numbers, phones, accounts, devices): only `in list.NAME`
   and `not in list.NAME`; never compared, never shown.
@@ -93,19 +103,17 @@ Outcome
 
 Every matching rule is reported. The outcome is the most severe *enforced*
 rule's (block > warn; none: allow); shadow rules are reported with
-`shadow = true` and never change it. Reasons are sorted by severity, then
-priority, then id.
+`shadow = true` and never change it (service.decision.outcome_of). Reasons
+are sorted by severity, then priority, then id (service.decision.order_reasons).
 """
 
 from __future__ import annotations
 
 from service.rules.compiler import CompiledPlan, compile_ruleset
-from service.rules.decide import decide, sort_reasons
 from service.rules.loader import load_rules, load_sources
-from service.rules.model import DEFAULT_LISTS, CounterInfo, Mode, Rule, RuleSet, counters_from_names
+from service.rules.model import CounterInfo, Mode, Rule, RuleSet, counters_from_names
 
 __all__ = [
-    "DEFAULT_LISTS",
     "CompiledPlan",
     "CounterInfo",
     "Mode",
@@ -113,8 +121,6 @@ __all__ = [
     "RuleSet",
     "compile_ruleset",
     "counters_from_names",
-    "decide",
     "load_rules",
     "load_sources",
-    "sort_reasons",
 ]

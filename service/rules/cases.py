@@ -28,17 +28,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from service.decision import outcome_of
 from service.domain import EventKind, Outcome
 from service.errors import SourceError, SourceProblem
 from service.facts import FIELDS, FieldType, Scalar
-from service.rules.check import suggest
+from service.rules.check import choice_problem, list_kind_problem, suggest, unknown_list_problem
 from service.rules.compiler import compile_ruleset
-from service.rules.decide import decide
 from service.rules.engine import CompiledRuleset, build_ruleset
 from service.rules.loader import CASES_SUFFIX, find_files, load_rules, read_source
-from service.rules.model import DEFAULT_LISTS, CounterInfo, RuleSet
+from service.rules.model import CounterInfo, RuleSet
 from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
+
+if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
+    from service.lists import ListSpec
 
 CASE_KEYS = ("name", "event", "facts", "counters", "lists", "absent", "expect")
 EXPECT_KEYS = ("outcome", "fired")
@@ -105,7 +109,7 @@ class CaseReport:
 
 
 class _CaseLoader:
-    def __init__(self, file: str, ruleset: RuleSet, lists: frozenset[str]) -> None:
+    def __init__(self, file: str, ruleset: RuleSet, lists: Mapping[str, ListSpec]) -> None:
         self.file = file
         self.ruleset = ruleset
         self.lists = lists
@@ -218,6 +222,10 @@ class _CaseLoader:
                 self.problem(value_node.line, f"'{name}' must be {_TYPE_TEXT[spec.type]}, got {describe(value_node)}")
                 continue
             assert value is not None
+            problem = choice_problem(name, value) if isinstance(value, str) else None
+            if problem is not None:
+                self.problem(value_node.line, problem)
+                continue
             out[name] = value
             lines[name] = key.line
         role = SUBJECT_ROLE[kind]
@@ -262,12 +270,14 @@ class _CaseLoader:
         out: set[tuple[str, str]] = set()
         for key, fields_node in node.items:
             list_name = str(key.value)
-            if list_name not in self.lists:
-                guess = suggest(list_name, sorted(self.lists))
-                hint = f", did you mean '{guess}'?" if guess else ""
-                self.problem(key.line, f"unknown list '{list_name}'{hint}")
+            spec = self.lists.get(list_name)
+            if spec is None:
+                self.problem(key.line, unknown_list_problem(list_name, self.lists))
                 continue
-            for field_name, _ in self.field_names(fields_node, kind, "lists"):
+            for field_name, line in self.field_names(fields_node, kind, "lists"):
+                if not spec.accepts_field(field_name):
+                    self.problem(line, list_kind_problem(spec, field_name, (kind,)))
+                    continue
                 out.add((list_name, field_name))
         return frozenset(out)
 
@@ -387,7 +397,7 @@ def run_cases(compiled: CompiledRuleset, cases: Sequence[Case]) -> CaseReport:
     for case in cases:
         reasons = compiled.evaluate(case.facts, case.counters, case.list_hits(compiled.list_checks_for(case.kind)))
         fired = frozenset(r.rule_id for r in reasons)
-        outcome = decide(reasons)
+        outcome = outcome_of(reasons)
         fired_somewhere |= fired
         quiet_somewhere |= {r.id for r in compiled.rules.values() if case.kind in r.on and r.id not in fired}
         if outcome != case.expected_outcome or fired != case.expected_fired:
@@ -405,7 +415,7 @@ def run_directory_cases(
     directory: str | Path,
     *,
     counters: Mapping[str, CounterInfo],
-    lists: Iterable[str] = DEFAULT_LISTS,
+    lists: Mapping[str, ListSpec],
 ) -> CaseReport:
     """Load the rules and cases under `directory`, run every case; raises SourceError on invalid files."""
     ruleset = load_rules(directory, counters=counters, lists=lists)

@@ -1,15 +1,21 @@
 """Resolve and type-check a parsed `when` condition into the typed rule model.
 
 Names resolve against the field catalogue (`service.facts.FIELDS`), the
-declared counters and the known watchlists, for the rule's event kinds.
-Every problem found is collected (not just the first), each as one message.
+declared counters and the declared watchlists (`service.lists.ListSpec`, by
+name), for the rule's event kinds. Every problem found is collected (not
+just the first), each as one message.
+
+The same checker types a counter's `where` filter (service.rules.filters),
+in its fields-only mode: no counters, no lists.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from service.domain import EventKind
 from service.facts import FIELDS, FieldType
@@ -33,12 +39,17 @@ from service.rules.model import (
     NumExpr,
     NumIn,
     Or,
+    Pattern,
+    PatternKind,
     Read,
     Text,
     TextCompare,
     TextIn,
 )
 from service.rules.patterns import PatternError, matches_pattern, startswith_pattern, text_problem
+
+if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
+    from service.lists import ListSpec
 
 MAX_ABS_NUMBER = 1e15
 MAX_ARITHMETIC = 8
@@ -72,6 +83,31 @@ def kinds_text(kinds: Sequence[EventKind] | frozenset[EventKind]) -> str:
     return ", ".join(k.value for k in ordered)
 
 
+def suggest_value(value: str, choices: frozenset[str]) -> str | None:
+    """A 'did you mean' for a string that is not one of a field's values: same letters in another case,
+    else a close spelling."""
+    for choice in sorted(choices):
+        if choice.lower() == value.lower():
+            return choice
+    close = difflib.get_close_matches(value, sorted(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def choice_problem(field_name: str, value: str) -> str | None:
+    """Why `value` can never be the value of `field_name` (an enum-like field), or None."""
+    spec = FIELDS.get(field_name)
+    if spec is None or spec.choices is None or value in spec.choices:
+        return None
+    guess = suggest_value(value, spec.choices)
+    if guess is not None:
+        return f"'{value}' is not a value of {field_name}, did you mean '{guess}'?"
+    return f"'{value}' is not a value of {field_name} (one of {choices_text(spec.choices)})"
+
+
+def choices_text(choices: frozenset[str]) -> str:
+    return ", ".join(f"'{c}'" for c in sorted(choices))
+
+
 def suggest(name: str, candidates: Sequence[str], preferred: Sequence[str] = ()) -> str | None:
     """A 'did you mean' candidate for an unknown name, or None."""
     leaf = name.rsplit(".", 1)[-1]
@@ -86,15 +122,20 @@ def suggest(name: str, candidates: Sequence[str], preferred: Sequence[str] = ())
 
 
 class Checker:
+    """Types one condition. `fields_only` (a counter's `where`): no counters, no lists."""
+
     def __init__(
         self,
         on: Sequence[EventKind],
         counters: Mapping[str, CounterInfo],
-        lists: frozenset[str],
+        lists: Mapping[str, ListSpec],
+        *,
+        fields_only: bool = False,
     ) -> None:
         self.on = tuple(on)
         self.counters = counters
         self.lists = lists
+        self.fields_only = fields_only
         self.problems: list[str] = []
         self._reported_names: set[str] = set()
 
@@ -109,7 +150,10 @@ class Checker:
 
     def resolve(self, name: str) -> FieldRef | CounterRef | None:
         if name.startswith("list."):
-            self.problem(f"'{name}' can only follow 'in', as in 'transfer.payee_account in {name}'")
+            if self.fields_only:
+                self.problem(f"a counter's where cannot use lists ('{name}'): it reads request fields only")
+            else:
+                self.problem(f"'{name}' can only follow 'in', as in 'transfer.payee_account in {name}'")
             return None
         spec = FIELDS.get(name)
         if spec is not None:  # a field wins over a counter of the same bare name
@@ -118,6 +162,9 @@ class Checker:
                 self._unavailable(name, "field", missing, spec.kinds)
                 return None
             return FieldRef(name, spec.type)
+        if self.fields_only:
+            self._not_a_field(name)
+            return None
         info = self.counters.get(name)
         if info is not None and "." not in name:
             missing = [k for k in self.on if k not in info.kinds]
@@ -135,17 +182,22 @@ class Checker:
         self.problem(f"unknown {what} '{name}'{hint}")
         return None
 
+    def _not_a_field(self, name: str) -> None:
+        if name in self._reported_names:
+            return
+        self._reported_names.add(name)
+        guess = suggest(name, list(FIELDS), preferred=self._fields_for_kinds())
+        hint = f", did you mean '{guess}'?" if guess else ""
+        if "." in name:
+            self.problem(f"unknown field '{name}'{hint}")
+        else:
+            self.problem(f"'{name}' is not a field (a counter's where reads request fields only){hint}")
+
     def _unavailable(self, name: str, what: str, missing: list[EventKind], available: frozenset[EventKind]) -> None:
         if name in self._reported_names:
             return
         self._reported_names.add(name)
         where = kinds_text(available) or "no event kind"
-        if len(missing) == len(self.on):
-            self.problem(
-                f"{what} '{name}' does not exist on {kinds_text(missing)} events (only on {where}): "
-                f"the rule can never fire on its declared event kinds"
-            )
-            return
         leaf = name.rsplit(".", 1)[-1]
         alternative = f"person.{leaf}"
         hint = (
@@ -153,6 +205,22 @@ class Checker:
             if "." in name and alternative in FIELDS and set(self.on) <= FIELDS[alternative].kinds
             else ""
         )
+        if self.fields_only:
+            consequence = (
+                "the where can never hold"
+                if len(missing) == len(self.on)
+                else "give 'where' per event kind (a mapping of event kind to condition)"
+            )
+            self.problem(
+                f"{what} '{name}' does not exist on {kinds_text(missing)} events (only on {where}): {consequence}{hint}"
+            )
+            return
+        if len(missing) == len(self.on):
+            self.problem(
+                f"{what} '{name}' does not exist on {kinds_text(missing)} events (only on {where}): "
+                f"the rule can never fire on its declared event kinds"
+            )
+            return
         self.problem(
             f"{what} '{name}' does not exist on {kinds_text(missing)} events (only on {where}): "
             f"narrow 'on' or split the rule{hint}"
@@ -318,14 +386,30 @@ class Checker:
             subject = left if isinstance(left.node, FieldRef) else right
             self.problem(f"cannot use '{op.value}' on {subject.text}: strings compare only with == and !=")
             return None
+        field_ref: FieldRef
+        other: Text | FieldRef
         if isinstance(left.node, FieldRef):
             assert isinstance(right.node, Text | FieldRef)
-            return TextCompare(left.node, op, right.node)
-        if isinstance(right.node, FieldRef):
+            field_ref, other = left.node, right.node
+        elif isinstance(right.node, FieldRef):
             assert isinstance(left.node, Text)
-            return TextCompare(right.node, op, left.node)
-        self.problem("the comparison has no field or counter: it compares two constants")
-        return None
+            field_ref, other = right.node, left.node
+        else:
+            self.problem("the comparison has no field or counter: it compares two constants")
+            return None
+        if isinstance(other, Text) and not self._check_choices(field_ref, [other.value]):
+            return None
+        return TextCompare(field_ref, op, other)
+
+    def _check_choices(self, ref: FieldRef, values: Sequence[str]) -> bool:
+        """False (with a problem each) if a value is not one an enum-like field can take."""
+        ok = True
+        for value in values:
+            problem = choice_problem(ref.name, value)
+            if problem is not None:
+                self.problem(problem)
+                ok = False
+        return ok
 
     def _compare_numbers(self, left: _Value, op: CmpOp, right: _Value) -> Condition | None:
         lnode, rnode = left.node, right.node
@@ -391,19 +475,26 @@ class Checker:
         if value.kind == "number":
             return NumIn(value.node, tuple(numbers), node.negated)
         assert isinstance(value.node, FieldRef)
+        if not self._check_choices(value.node, texts):
+            return None
         return TextIn(value.node, tuple(texts), node.negated)
 
     def in_list(self, node: ast.InList) -> Condition | None:
-        if node.list_name not in self.lists:
-            guess = suggest(node.list_name, sorted(self.lists))
-            hint = f", did you mean '{guess}'?" if guess else f" (known lists: {', '.join(sorted(self.lists))})"
-            self.problem(f"unknown list '{node.list_name}'{hint}")
+        if self.fields_only:
+            self.problem(f"a counter's where cannot use lists ('list.{node.list_name}'): it reads request fields only")
+            return None
+        spec = self.lists.get(node.list_name)
+        if spec is None:
+            self.problem(unknown_list_problem(node.list_name, self.lists))
             return None
         value = self.value(node.value)
         if value is None:
             return None
         if not isinstance(value.node, FieldRef) or value.kind not in ("identifier", "string"):
             self.problem(f"only identifier and string fields can be looked up in a list, not {value.text}")
+            return None
+        if not spec.accepts_field(value.node.name):
+            self.problem(list_kind_problem(spec, value.node.name, self.on))
             return None
         return ListIn(value.node, node.list_name, node.negated)
 
@@ -422,7 +513,44 @@ class Checker:
         if value.kind != "string" or not isinstance(value.node, FieldRef):
             self.problem(f"'{node.kind}' needs a string field on its left, not {value.text}")
             return None
+        choices = FIELDS[value.node.name].choices
+        if choices is not None and not any(_pattern_matches(pattern, c) for c in choices):
+            self.problem(
+                f"'{value.node.name} {node.kind} \"{node.pattern}\"' matches none of its values "
+                f"({choices_text(choices)}): it can never hold"
+            )
+            return None
         return Match(value.node, pattern)
+
+
+def _pattern_matches(pattern: Pattern, text: str) -> bool:
+    if pattern.kind is PatternKind.STARTSWITH:
+        return text.startswith(pattern.source)
+    return re.fullmatch(pattern.python, text, re.DOTALL) is not None
+
+
+def unknown_list_problem(name: str, lists: Mapping[str, ListSpec]) -> str:
+    if not lists:
+        return f"unknown list '{name}' (no lists are declared: see lists.yaml)"
+    guess = suggest(name, sorted(lists))
+    hint = f", did you mean '{guess}'?" if guess else f" (declared lists: {', '.join(sorted(lists))})"
+    return f"unknown list '{name}'{hint}"
+
+
+def list_kind_problem(spec: ListSpec, field_name: str, on: Sequence[EventKind]) -> str:
+    """`field_name` cannot be looked up in list `spec` (its kind holds another kind of value)."""
+    fitting = [
+        name
+        for name, field_spec in FIELDS.items()
+        if spec.accepts_field(name) and set(on) <= field_spec.kinds and field_spec.type in _LOOKUP_TYPES
+    ]
+    kind = spec.kind.value
+    where = f"{kind} fields on {kinds_text(on)} events"
+    hint = f"the {where}: {', '.join(fitting)}" if fitting else f"there are no {where}"
+    return f"list '{spec.name}' is of kind '{kind}': '{field_name}' cannot be looked up in it ({hint})"
+
+
+_LOOKUP_TYPES = (FieldType.IDENTIFIER, FieldType.STRING)
 
 
 def _fold(op: ArithOp, left: float, right: float) -> float:
@@ -480,10 +608,15 @@ def check_condition(
     tree: ast.Expr,
     on: Sequence[EventKind],
     counters: Mapping[str, CounterInfo],
-    lists: frozenset[str],
+    lists: Mapping[str, ListSpec],
+    *,
+    fields_only: bool = False,
 ) -> CheckResult:
-    """Type-check a parsed condition for a rule on `on`; problems are messages without location."""
-    checker = Checker(on, counters, lists)
+    """Type-check a parsed condition for a rule on `on`; problems are messages without location.
+
+    `fields_only`: a counter's where, which reads request fields only (no counters, no lists).
+    """
+    checker = Checker(on, counters, lists, fields_only=fields_only)
     condition = checker.condition(tree)
     if condition is None or checker.problems:
         return CheckResult(None, (), checker.problems or ["the condition is invalid"])

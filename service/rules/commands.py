@@ -1,30 +1,29 @@
 """`riskgate rules check DIR` and `riskgate rules test DIR`.
 
-The main CLI calls `add_rules_commands(subparsers, counters_provider=...)`;
-each registered command stores `func(args) -> int` (the exit code) in the
-parsed arguments, so the CLI dispatches with `sys.exit(args.func(args))`.
+The main CLI calls `add_rules_commands(subparsers)`; each registered command
+stores `handler(args) -> int` (the exit code) in the parsed arguments, which
+is how `service.cli` dispatches every command.
 
-Counters: rules read counters by name, and the names come from the counters
-module (`counters_provider(rules_dir)`, e.g. reading rules/counters.yaml);
-`--counter NAME` declares more, for rules written before their counter.
+Both commands load the directory as the server does (service.rules.directory):
+the rule files, counters.yaml (the counter values rules may read, and the
+counters' `where` filters) and lists.yaml (the watchlists rules may name).
+`--counter NAME` accepts a counter name that counters.yaml does not declare
+yet, for rules written before their counter.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
 from service.errors import SourceError
 from service.rules.cases import load_cases, run_cases
 from service.rules.compiler import compile_ruleset
+from service.rules.directory import load_directory
 from service.rules.engine import build_ruleset
-from service.rules.loader import load_rules
-from service.rules.model import DEFAULT_LISTS, CounterInfo
-
-CountersProvider = Callable[[Path], Mapping[str, CounterInfo]]
 
 
 def _print_problems(error: SourceError, out: TextIO) -> None:
@@ -37,14 +36,15 @@ def _print_problems(error: SourceError, out: TextIO) -> None:
 def run_check(
     directory: str | Path,
     *,
-    counters: Mapping[str, CounterInfo],
-    lists: Iterable[str] = DEFAULT_LISTS,
+    extra_counters: Iterable[str] = (),
     out: TextIO | None = None,
 ) -> int:
-    """Validate the rules (and their cases) under `directory`, build them in durable_rules; 0 if all is well."""
+    """Validate the directory (rules, cases, counters.yaml with its filters, lists.yaml) and build the
+    rules in durable_rules; 0 if all is well."""
     out = out or sys.stdout
     try:
-        ruleset = load_rules(directory, counters=counters, lists=lists)
+        loaded = load_directory(directory, extra_counters=extra_counters)
+        ruleset = loaded.ruleset
         cases = load_cases(directory, ruleset)
         compiled = build_ruleset(compile_ruleset(ruleset))
     except SourceError as exc:
@@ -57,9 +57,11 @@ def run_check(
     unfounded = [r.id for r in rules if not r.basis]
     if unfounded:
         print(f"note: no 'basis' (law article or practice) for {', '.join(unfounded)}", file=out)
+    counters = loaded.counter_spec.counters
     print(
         f"ok: {len(rules)} rules ({len(enabled)} enabled, {shadow} shadow) in {len(ruleset.files)} files, "
-        f"{len(cases)} cases; revision {ruleset.revision}; {compiled.shard_count} durable rulesets",
+        f"{len(cases)} cases; {len(counters)} counters ({len(loaded.filters)} where filters), "
+        f"{len(loaded.lists)} lists; revision {ruleset.revision}; {compiled.shard_count} durable rulesets",
         file=out,
     )
     return 0
@@ -68,14 +70,13 @@ def run_check(
 def run_test(
     directory: str | Path,
     *,
-    counters: Mapping[str, CounterInfo],
-    lists: Iterable[str] = DEFAULT_LISTS,
+    extra_counters: Iterable[str] = (),
     out: TextIO | None = None,
 ) -> int:
     """Run every case under `directory`; 0 when all pass."""
     out = out or sys.stdout
     try:
-        ruleset = load_rules(directory, counters=counters, lists=lists)
+        ruleset = load_directory(directory, extra_counters=extra_counters).ruleset
         cases = load_cases(directory, ruleset)
         compiled = build_ruleset(compile_ruleset(ruleset))
     except SourceError as exc:
@@ -96,46 +97,37 @@ def run_test(
     return 0 if report.ok else 1
 
 
-def _counters(args: argparse.Namespace, provider: CountersProvider | None) -> dict[str, CounterInfo]:
-    declared: dict[str, CounterInfo] = dict(provider(Path(args.directory))) if provider else {}
-    for name in args.counter:
-        declared.setdefault(name, CounterInfo(name))
-    return declared
-
-
-def add_rules_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-    *,
-    counters_provider: CountersProvider | None = None,
-    lists: Iterable[str] = DEFAULT_LISTS,
-) -> None:
+def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `rules check DIR` and `rules test DIR` on the CLI's subparsers."""
-    known_lists = tuple(lists)
-    rules = subparsers.add_parser("rules", help="check and test rule files")
+    rules = subparsers.add_parser("rules", help="check and test a rules directory")
     commands = rules.add_subparsers(dest="rules_command", required=True, metavar="{check,test}")
 
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("directory", help="the rules directory (*.rules.yaml, *.cases.yaml)")
+        parser.add_argument(
+            "directory", help="the rules directory (*.rules.yaml, *.cases.yaml, counters.yaml, lists.yaml)"
+        )
         parser.add_argument(
             "--counter",
             action="append",
             default=[],
             metavar="NAME",
-            help="declare a counter name rules may read (repeatable), besides the declared counters",
+            help="accept a counter value name that counters.yaml does not declare yet (repeatable)",
         )
 
-    check = commands.add_parser("check", help="validate rule and case files; print file:line: problem")
+    check = commands.add_parser(
+        "check", help="validate rule, case, counter and list files; print every file:line: problem"
+    )
     common(check)
 
     def do_check(args: argparse.Namespace) -> int:
-        return run_check(args.directory, counters=_counters(args, counters_provider), lists=known_lists)
+        return run_check(args.directory, extra_counters=args.counter)
 
-    check.set_defaults(func=do_check)
+    check.set_defaults(handler=do_check)
 
     test = commands.add_parser("test", help="run the *.cases.yaml cases against the rules")
     common(test)
 
     def do_test(args: argparse.Namespace) -> int:
-        return run_test(args.directory, counters=_counters(args, counters_provider), lists=known_lists)
+        return run_test(args.directory, extra_counters=args.counter)
 
-    test.set_defaults(func=do_test)
+    test.set_defaults(handler=do_test)

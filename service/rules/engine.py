@@ -17,7 +17,7 @@ How it is used, and why (measured; see /work/shared/DURABLE_RULES.md):
   Threads add no throughput; scale with processes, and build rulesets
   after a fork, never before.
 * Rulesets get versioned names, so a new one is built beside the serving one
-  and swapped in (`LiveRuleset.swap`); the old handles are deleted once the
+  and swapped in (`Live.swap`); the old handles are deleted once the
   requests still using them finish. `delete_state` is never called.
 
 The message sent to durable holds only what the ruleset reads for the
@@ -35,21 +35,21 @@ import json
 import math
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import durable_rules_engine
 
+from service.decision import order_reasons, outcome_of
 from service.domain import EventKind, Outcome, Reason
-from service.errors import RiskgateError, SourceError, SourceProblem
+from service.errors import EvaluationError, SourceError, SourceProblem
 from service.facts import FieldType, Scalar
 from service.rules.compiler import CompiledPlan, KindInputs, compile_ruleset, number_text
-from service.rules.decide import decide, sort_reasons
 from service.rules.loader import load_rules
 from service.rules.model import (
-    DEFAULT_LISTS,
     CounterInfo,
     CounterRef,
     FieldRef,
@@ -58,6 +58,9 @@ from service.rules.model import (
     format_value,
 )
 from service.rules.templates import render
+
+if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
+    from service.lists import ListSpec
 
 _LOCK = threading.Lock()
 _GENERATIONS = itertools.count(1)
@@ -79,10 +82,6 @@ _DURABLE_CODES = {
 ListHits = Mapping[tuple[str, str], bool]
 
 
-class EvaluationError(RiskgateError):
-    """The inputs of an evaluation are malformed (a bug upstream), or the ruleset is closed."""
-
-
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     """What one request matched, and under which ruleset revision."""
@@ -92,7 +91,7 @@ class Evaluation:
 
     @property
     def outcome(self) -> Outcome:
-        return decide(self.reasons)
+        return outcome_of(self.reasons)
 
 
 def _encode_number(name: str, value: object) -> str:
@@ -233,6 +232,11 @@ class CompiledRuleset:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def compiled(self) -> CompiledRuleset:
+        """Itself: a compiled ruleset can be served by `Live` on its own."""
+        return self
+
     def __enter__(self) -> CompiledRuleset:
         return self
 
@@ -315,7 +319,7 @@ class CompiledRuleset:
             fired = self._fire_locked(kind, message)
         if not fired:
             return ()
-        return sort_reasons(self._reason(self.rules[rule_id], facts, counters, list_hits) for rule_id in fired)
+        return order_reasons(self._reason(self.rules[rule_id], facts, counters, list_hits) for rule_id in fired)
 
     def _message(
         self, kind: EventKind, facts: Mapping[str, Scalar], counters: Mapping[str, int | float], list_hits: ListHits
@@ -483,44 +487,87 @@ def load_compiled(
     directory: str | Path,
     *,
     counters: Mapping[str, CounterInfo],
-    lists: Iterable[str] = DEFAULT_LISTS,
+    lists: Mapping[str, ListSpec],
 ) -> CompiledRuleset:
     """Load, validate, compile and build the rules under `directory`; raises SourceError."""
     return build_ruleset(compile_ruleset(load_rules(directory, counters=counters, lists=lists)))
 
 
-class LiveRuleset:
-    """The serving ruleset, replaceable while requests run (hot reload).
+class Serving(Protocol):
+    """What `Live` serves: a compiled ruleset, possibly with what goes with it (service.rules.reload)."""
 
-    Requests take a lease (`with live.lease() as ruleset:`), read what the
+    @property
+    def compiled(self) -> CompiledRuleset: ...
+
+
+S = TypeVar("S", bound=Serving)
+
+
+class Live(Generic[S]):
+    """The serving ruleset (with whatever goes with it), replaceable while requests run (hot reload).
+
+    Requests take a lease (`with live.lease() as serving:`), read what the
     ruleset needs (counters, list checks), and evaluate on that same
-    ruleset. `swap` installs a new ruleset built aside; the old one's durable
+    ruleset. `swap` installs a new one built aside; the old one's durable
     rulesets are deleted as soon as its last lease ends.
     """
 
-    def __init__(self, ruleset: CompiledRuleset) -> None:
-        self._current = ruleset
+    def __init__(self, serving: S) -> None:
+        self._current = serving
+        self._closed = False
 
     @property
-    def current(self) -> CompiledRuleset:
+    def current(self) -> S:
         return self._current
 
     @property
-    def revision(self) -> str:
-        return self._current.revision
+    def closed(self) -> bool:
+        return self._closed
 
     @contextmanager
-    def lease(self) -> Iterator[CompiledRuleset]:
+    def lease(self) -> Iterator[S]:
         with _LOCK:
-            ruleset = self._current
+            serving = self._current
+            ruleset = serving.compiled
             ruleset._leases += 1
         try:
-            yield ruleset
+            yield serving
         finally:
             with _LOCK:
                 ruleset._leases -= 1
                 if ruleset._retired and ruleset._leases == 0:
                     ruleset._close_locked()
+
+    def swap(self, new: S) -> S:
+        """Serve `new` from now on; returns the old one (its ruleset closed once no lease holds it)."""
+        with _LOCK:
+            if new.compiled.closed or self._closed:
+                raise EvaluationError("cannot serve a closed ruleset")
+            old = self._current
+            self._current = new
+            if new.compiled is not old.compiled:
+                _retire_locked(old.compiled)
+            return old
+
+    def close(self) -> None:
+        """Stop serving: the current ruleset is deleted once its last lease ends (idempotent)."""
+        with _LOCK:
+            self._closed = True
+            _retire_locked(self._current.compiled)
+
+
+def _retire_locked(ruleset: CompiledRuleset) -> None:
+    ruleset._retired = True
+    if ruleset._leases == 0:
+        ruleset._close_locked()
+
+
+class LiveRuleset(Live[CompiledRuleset]):
+    """A `Live` compiled ruleset on its own: `with live.lease() as ruleset:`, or `live.evaluate(...)`."""
+
+    @property
+    def revision(self) -> str:
+        return self._current.revision
 
     def evaluate(
         self,
@@ -530,17 +577,3 @@ class LiveRuleset:
     ) -> Evaluation:
         with self.lease() as ruleset:
             return Evaluation(ruleset.revision, ruleset.evaluate(facts, counters, list_hits))
-
-    def swap(self, new: CompiledRuleset) -> CompiledRuleset:
-        """Serve `new` from now on; returns the old ruleset (closed once no lease holds it)."""
-        with _LOCK:
-            if new.closed:
-                raise EvaluationError("cannot serve a closed ruleset")
-            old = self._current
-            if new is old:
-                return old
-            self._current = new
-            old._retired = True
-            if old._leases == 0:
-                old._close_locked()
-            return old

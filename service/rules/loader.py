@@ -2,8 +2,9 @@
 
 Which files are rules: every `*.rules.yaml` under the directory (recursively,
 skipping hidden files and directories), in order of their relative path.
-`*.cases.yaml` files are test cases (service.rules.cases); any other file
-(`counters.yaml`, notes) belongs to someone else and is ignored here.
+`*.cases.yaml` files are test cases (service.rules.cases); counters.yaml and
+lists.yaml are read by service.rules.directory, which passes what they declare
+in (`counters`, `lists`) and their texts for the revision (`also_hashed`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.domain import EventKind, Outcome
 from service.errors import SourceError, SourceProblem
@@ -21,7 +23,6 @@ from service.rules.check import check_condition, suggest
 from service.rules.compiler import MAX_MESSAGE_VALUES, MAX_TESTS_PER_SHARD, values_read_on
 from service.rules.logic import cost_per_kind, nnf
 from service.rules.model import (
-    DEFAULT_LISTS,
     Condition,
     CounterInfo,
     ListCheck,
@@ -33,6 +34,9 @@ from service.rules.model import (
 )
 from service.rules.templates import TemplateError, parse_template
 from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
+
+if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
+    from service.lists import ListSpec
 
 RULES_SUFFIX = ".rules.yaml"
 CASES_SUFFIX = ".cases.yaml"
@@ -111,7 +115,7 @@ class SourceText:
 @dataclass(slots=True)
 class _Context:
     counters: Mapping[str, CounterInfo]
-    lists: frozenset[str]
+    lists: Mapping[str, ListSpec]
     problems: list[SourceProblem]
     first_seen: dict[str, str]
 
@@ -420,10 +424,17 @@ def load_sources(
     sources: Sequence[SourceText],
     *,
     counters: Mapping[str, CounterInfo],
-    lists: Iterable[str] = DEFAULT_LISTS,
+    lists: Mapping[str, ListSpec],
+    also_hashed: Sequence[SourceText] = (),
 ) -> RuleSet:
-    """Load rule files given as texts, in that order; raises SourceError listing every problem."""
-    ctx = _Context(counters=dict(counters), lists=frozenset(lists), problems=[], first_seen={})
+    """Load rule files given as texts, in that order; raises SourceError listing every problem.
+
+    `counters` are the values rules may read (service.rules.directory builds them from
+    counters.yaml), `lists` the declared watchlists (service.lists.load_lists).
+    `also_hashed`: texts that are not rules but shape what the rules mean (counters.yaml,
+    lists.yaml), included in the revision hash after the rule files.
+    """
+    ctx = _Context(counters=dict(counters), lists=dict(lists), problems=[], first_seen={})
     rules: list[Rule] = []
     labels: list[str] = []
     whens: dict[str, tuple[str, int]] = {}
@@ -445,7 +456,7 @@ def load_sources(
         order = {source.shown: index for index, source in enumerate(sources)}
         raise SourceError(sorted(ctx.problems, key=lambda p: (order.get(p.file, -1), p.line)))
     return RuleSet(
-        revision=revision_of(sources, labels),
+        revision=revision_of([*sources, *also_hashed], labels),
         rules=tuple(rules),
         files=tuple(source.shown for source in sources),
         counters=ctx.counters,
@@ -469,7 +480,7 @@ def load_rules(
     directory: str | Path,
     *,
     counters: Mapping[str, CounterInfo],
-    lists: Iterable[str] = DEFAULT_LISTS,
+    lists: Mapping[str, ListSpec],
 ) -> RuleSet:
     """Load every `*.rules.yaml` under `directory`; raises SourceError listing every problem.
 

@@ -11,20 +11,13 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from service.domain import EventKind, Outcome
 from service.facts import ALL_KINDS, FieldType
 
-# The watchlists rules may name as `list.NAME` unless the caller says otherwise.
-DEFAULT_LISTS: tuple[str, ...] = (
-    "fraud_accounts",
-    "punished_persons",
-    "vulnerable_persons",
-    "police_warned",
-    "high_risk_regions",
-    "allowlist",
-)
+if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
+    from service.lists import ListSpec
 
 
 class Mode(enum.StrEnum):
@@ -315,7 +308,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     files: tuple[str, ...]
     counters: Mapping[str, CounterInfo] = field(default_factory=dict)
-    lists: frozenset[str] = frozenset(DEFAULT_LISTS)
+    lists: Mapping[str, ListSpec] = field(default_factory=dict)
 
     @property
     def enabled_rules(self) -> tuple[Rule, ...]:

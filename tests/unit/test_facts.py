@@ -115,3 +115,19 @@ def test_optional_values_are_absent_not_null() -> None:
     assert "closure.account_class" not in values
     assert values["closure.carrier"] == "china_unicom"
     assert None not in values.values()
+
+
+def test_choices_belong_to_string_fields_and_hold_every_value_facts_produce() -> None:
+    with_choices = {name: spec.choices for name, spec in FIELDS.items() if spec.choices is not None}
+    assert {"event", "person.sex", "card_opening.account_class", "transfer.channel", "closure.target"} <= set(
+        with_choices
+    )
+    assert all(FIELDS[name].type is FieldType.STRING for name in with_choices)
+    assert with_choices["card_opening.account_class"] == frozenset({"I", "II", "III"})
+    assert with_choices["closure.target"] == frozenset({"bank_account", "sim"})
+    assert with_choices["companion.sex"] == frozenset({"male", "female"})
+    closed_account = Closure(person(), "6222020200112233445", "", AccountClass.II, None)
+    for event in [*EVENTS.values(), closed_account]:
+        for name, value in facts(ScreenRequest("r1", OUTLET, AT, event)).items():
+            choices = FIELDS[name].choices
+            assert choices is None or value in choices, (name, value)

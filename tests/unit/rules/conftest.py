@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import pytest
 from service.domain import EventKind
 from service.errors import SourceError
 from service.facts import FIELDS, FieldType, Scalar
+from service.lists import ListKind, ListSpec
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import CompiledRuleset, build_ruleset
 from service.rules.loader import SourceText, load_rules, load_sources
@@ -28,15 +29,28 @@ COUNTER_NAMES = (
     "cards_per_id_30d",
 )
 COUNTERS: dict[str, CounterInfo] = counters_from_names(COUNTER_NAMES)
+# The watchlists the test rule files may name (as rules/lists.yaml declares them).
+LISTS: dict[str, ListSpec] = {
+    spec.name: spec
+    for spec in (
+        ListSpec("fraud_accounts", ListKind.ACCOUNT),
+        ListSpec("punished_persons", ListKind.ID_NUMBER),
+        ListSpec("vulnerable_persons", ListKind.ID_NUMBER),
+        ListSpec("police_warned", ListKind.ID_NUMBER),
+        ListSpec("high_risk_regions", ListKind.REGION),
+        ListSpec("allowlist", ListKind.ACCOUNT),
+        ListSpec("device_blocklist", ListKind.DEVICE),
+    )
+}
 
 
 def load_fixture(name: str) -> RuleSet:
-    return load_rules(FIXTURES / name, counters=COUNTERS)
+    return load_rules(FIXTURES / name, counters=COUNTERS, lists=LISTS)
 
 
 def load_text(text: str, name: str = "t.rules.yaml") -> RuleSet:
     """Load one rule file given as text (problems name it `name`)."""
-    return load_sources([SourceText(name, text, name)], counters=COUNTERS)
+    return load_sources([SourceText(name, text, name)], counters=COUNTERS, lists=LISTS)
 
 
 def problems_of(text: str) -> list[str]:
@@ -177,10 +191,22 @@ STRINGS: tuple[str, ...] = (
 )
 
 
+Request = tuple[dict[str, Scalar], dict[str, int | float], dict[tuple[str, str], bool]]
+
+
 def random_request(
-    rng: random.Random, compiled: CompiledRuleset, kind: EventKind | None = None
-) -> tuple[dict[str, Scalar], dict[str, int | float], dict[tuple[str, str], bool]]:
-    """A random request of a random kind: facts (some absent), counters (some absent), list hits."""
+    rng: random.Random,
+    list_checks: Callable[[EventKind], Collection[tuple[str, str]]] = lambda kind: (),
+    kind: EventKind | None = None,
+    *,
+    counter_names: Sequence[str] = COUNTER_NAMES,
+    numbers: Sequence[int | float] = NUMBERS,
+    strings: Sequence[str] = STRINGS,
+) -> Request:
+    """A random request of a random kind: facts (some absent), counters (some absent), list hits.
+
+    `list_checks(kind)`: the (list, field) lookups to give a random hit or miss (or leave absent).
+    """
     kind = kind or rng.choice(list(EventKind))
     facts: dict[str, Scalar] = {"event": kind.value}
     for name, spec in FIELDS.items():
@@ -189,14 +215,16 @@ def random_request(
         if rng.random() < (0.35 if spec.optional else 0.08):
             continue
         if spec.type is FieldType.NUMBER:
-            facts[name] = rng.choice(NUMBERS) if rng.random() < 0.85 else rng.randint(-10, 10**7)
+            facts[name] = rng.choice(numbers) if rng.random() < 0.85 else rng.randint(-10, 10**7)
         elif spec.type is FieldType.BOOL:
             facts[name] = rng.random() < 0.5
+        elif spec.choices is not None and rng.random() < 0.8:
+            facts[name] = rng.choice(sorted(spec.choices))
         else:
-            facts[name] = rng.choice(STRINGS) if rng.random() < 0.9 else "".join(rng.choices('a4.中"x', k=3))
+            facts[name] = rng.choice(strings) if rng.random() < 0.9 else "".join(rng.choices('a4.中"x', k=3))
     counters: dict[str, int | float] = {}
-    for name in COUNTER_NAMES:
+    for name in counter_names:
         if rng.random() < 0.8:
-            counters[name] = rng.choice(NUMBERS) if rng.random() < 0.85 else rng.random() * 10**7
-    hits = {check: rng.random() < 0.5 for check in compiled.list_checks_for(kind) if rng.random() < 0.8}
+            counters[name] = rng.choice(numbers) if rng.random() < 0.85 else rng.random() * 10**7
+    hits = {check: rng.random() < 0.5 for check in sorted(list_checks(kind)) if rng.random() < 0.8}
     return facts, counters, hits

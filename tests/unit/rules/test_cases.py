@@ -8,7 +8,7 @@ from service.domain import EventKind, Outcome
 from service.errors import SourceError
 from service.rules.cases import load_cases, run_directory_cases
 from service.rules.loader import load_rules
-from tests.unit.rules.conftest import COUNTERS, REPO
+from tests.unit.rules.conftest import COUNTERS, LISTS, REPO
 
 GOOD = "tests/fixtures/rules/cases/good"
 FAILING = "tests/fixtures/rules/cases/failing"
@@ -21,7 +21,7 @@ def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cases_are_read_with_mirrored_person_fields() -> None:
-    cases = load_cases(GOOD, load_rules(GOOD, counters=COUNTERS))
+    cases = load_cases(GOOD, load_rules(GOOD, counters=COUNTERS, lists=LISTS))
     assert [c.name for c in cases][:2] == [
         "four banks in 30 days, Guangdong ID",
         "region codes stay strings even unquoted with a leading zero",
@@ -37,18 +37,18 @@ def test_cases_are_read_with_mirrored_person_fields() -> None:
     assert (elderly.expected_outcome, elderly.expected_fired) == (Outcome.WARN, frozenset({"T17_elderly"}))
     assert next(c for c in cases if "leading zero" in c.name).facts["applicant.region_code"] == "010101"
     absent = next(c for c in cases if c.name.startswith("no device"))
-    checks = {("allowlist", "transfer.device_id"), ("high_risk_regions", "transfer.ip_region_code")}
+    checks = {("device_blocklist", "transfer.device_id"), ("high_risk_regions", "transfer.ip_region_code")}
     assert absent.list_hits(checks) == {("high_risk_regions", "transfer.ip_region_code"): True}
 
 
 def test_good_cases_pass_and_cover_every_rule() -> None:
-    report = run_directory_cases(GOOD, counters=COUNTERS)
+    report = run_directory_cases(GOOD, counters=COUNTERS, lists=LISTS)
     assert report.ok and len(report.cases) == 7
     assert (report.never_fired, report.never_quiet) == ((), ())
 
 
 def test_failures_show_a_diff() -> None:
-    report = run_directory_cases(FAILING, counters=COUNTERS)
+    report = run_directory_cases(FAILING, counters=COUNTERS, lists=LISTS)
     assert not report.ok
     assert [f.render() for f in report.failures] == [
         f"FAIL {FAILING}/wrong.cases.yaml:2: expects the wrong rule\n"
@@ -64,7 +64,7 @@ def test_failures_show_a_diff() -> None:
 
 def test_broken_case_files_name_every_problem() -> None:
     with pytest.raises(SourceError) as caught:
-        load_cases(BROKEN, load_rules(BROKEN, counters=COUNTERS))
+        load_cases(BROKEN, load_rules(BROKEN, counters=COUNTERS, lists=LISTS))
     prefix = f"{BROKEN}/bad.cases.yaml:"
     assert [str(p).removeprefix(prefix) for p in caught.value.problems] == [
         "3: unknown event kind 'transfers', did you mean 'transfer'?",
@@ -85,4 +85,7 @@ def test_broken_case_files_name_every_problem() -> None:
         "31: 'person.age' differs from 'payer.age' (the payer is the person)",
         "35: case #4 needs a 'name'",
         "36: expect has no 'fired' (the rule ids that match; [] for none)",
+        "40: 'ATM' is not a value of transfer.channel, did you mean 'atm'?",
+        "42: list 'punished_persons' is of kind 'id_number': 'transfer.payee_account' cannot be looked up in it "
+        "(the id_number fields on transfer events: person.id_number, payer.id_number)",
     ]

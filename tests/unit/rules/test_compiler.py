@@ -35,7 +35,7 @@ from service.rules.model import (
     Or,
     TextIn,
 )
-from tests.unit.rules.conftest import COUNTERS, built, load_fixture, load_text, rule_text
+from tests.unit.rules.conftest import COUNTERS, LISTS, built, load_fixture, load_text, rule_text
 
 AGE = FieldRef("payer.age", FieldType.NUMBER)
 FLAG = FieldRef("payer.non_local", FieldType.BOOL)
@@ -126,13 +126,13 @@ def test_not_and_lists_compile_into_paths() -> None:
 
 
 def test_string_lists_become_one_pattern_and_chinese_stays_raw() -> None:
-    ruleset = load_text(rule_text('transfer.payee_bank in ["工商银行", "a.b"] and transfer.channel in ["", "atm"]'))
+    ruleset = load_text(rule_text('transfer.payee_bank in ["工商银行", "a.b"] and outlet.clerk_id in ["", "c1"]'))
     shard = compile_ruleset(ruleset).shards[0]
     assert "工商银行" in shard.definition and "\\u" not in shard.definition
     paths = json.loads(shard.definition)["r1"]["all"][0]["m"]["$or"]
     assert [p["$and"][1:] for p in paths] == [
-        [{"$mt": {"p_transfer__payee_bank": "工商银行|a%.b"}}, {"$eq": {"f_transfer__channel": ""}}],
-        [{"$mt": {"p_transfer__payee_bank": "工商银行|a%.b"}}, {"$eq": {"f_transfer__channel": "atm"}}],
+        [{"$mt": {"p_transfer__payee_bank": "工商银行|a%.b"}}, {"$eq": {"f_outlet__clerk_id": ""}}],
+        [{"$mt": {"p_transfer__payee_bank": "工商银行|a%.b"}}, {"$eq": {"f_outlet__clerk_id": "c1"}}],
     ]
 
 
@@ -223,7 +223,7 @@ def test_disabled_rules_are_not_compiled() -> None:
 
 def test_names_colliding_in_durables_hash_are_a_source_problem() -> None:
     counters = {**COUNTERS, "Ab": CounterInfo("Ab"), "BA": CounterInfo("BA")}
-    ruleset = load_sources([SourceText("t.rules.yaml", rule_text("Ab > 1 and BA > 1"))], counters=counters)
+    ruleset = load_sources([SourceText("t.rules.yaml", rule_text("Ab > 1 and BA > 1"))], counters=counters, lists=LISTS)
     with pytest.raises(SourceError) as caught:
         compile_ruleset(ruleset)
     assert [str(p) for p in caught.value.problems] == [

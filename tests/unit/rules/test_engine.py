@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from service.decision import outcome_of
 from service.domain import Outcome, Reason
-from service.errors import SourceError
+from service.errors import EvaluationError, SourceError
 from service.rules.compiler import compile_ruleset
-from service.rules.decide import decide
-from service.rules.engine import CompiledRuleset, EvaluationError, LiveRuleset, build_ruleset
+from service.rules.engine import CompiledRuleset, LiveRuleset, build_ruleset
 from tests.unit.rules.conftest import built, load_text
 
 # The C extension, as the engine adapter imported it: patched here to simulate failures.
@@ -97,13 +97,13 @@ def test_every_matching_rule_is_reported_in_order(compiled: CompiledRuleset) -> 
     reasons = compiled.evaluate(TRANSFER, {"inflow_fen_30m": 100, "outflow_fen_30m": 90}, {FRAUD: True})
     # block before warn; among warns, priority 50 before 100; then id.
     assert ids(reasons) == ["T15_fraud_payee", "T20_rapid", "T17_elderly", "T18_new_account"]
-    assert decide(reasons) is Outcome.BLOCK
+    assert outcome_of(reasons) is Outcome.BLOCK
 
 
 def test_shadow_rules_are_reported_but_never_decide(compiled: CompiledRuleset) -> None:
     reasons = compiled.evaluate({"event": "transfer"}, {"inflow_fen_30m": 100, "outflow_fen_30m": 90}, {})
     assert [(r.rule_id, r.shadow, r.outcome) for r in reasons] == [("T20_rapid", True, Outcome.BLOCK)]
-    assert decide(reasons) is Outcome.ALLOW
+    assert outcome_of(reasons) is Outcome.ALLOW
     assert reasons[0].message_zh == "快进快出 {影子}"
 
 

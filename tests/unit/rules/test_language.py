@@ -29,7 +29,7 @@ from service.rules.model import (
     TextCompare,
     TextIn,
 )
-from tests.unit.rules.conftest import COUNTERS, load_text, problems_of, rule_text
+from tests.unit.rules.conftest import COUNTERS, LISTS, load_text, problems_of, rule_text
 
 
 def when_of(condition: str, on: str = "[transfer]") -> object:
@@ -221,10 +221,50 @@ def test_a_field_missing_on_some_kinds_suggests_the_person_field() -> None:
 def test_a_counter_not_kept_for_the_kind_cannot_fire() -> None:
     counters = {**COUNTERS, "sims_24h": CounterInfo("sims_24h", frozenset({EventKind.SIM_SALE}))}
     with pytest.raises(SourceError) as caught:
-        load_sources([SourceText("t.rules.yaml", rule_text("sims_24h >= 2"))], counters=counters)
+        load_sources([SourceText("t.rules.yaml", rule_text("sims_24h >= 2"))], counters=counters, lists=LISTS)
     assert [str(p) for p in caught.value.problems] == [
         "t.rules.yaml:4: counter 'sims_24h' does not exist on transfer events (only on sim_sale): "
         "the rule can never fire on its declared event kinds"
+    ]
+
+
+def test_enum_like_fields_accept_only_their_values() -> None:
+    assert problems_of(rule_text('"I" == card_opening.account_class', on="[card_opening]")) == []
+    assert problems_of(rule_text('transfer.channel not in ["atm", "ATM", "branch"]')) == [
+        "4: 'ATM' is not a value of transfer.channel, did you mean 'atm'?",
+        "4: 'branch' is not a value of transfer.channel (one of 'atm', 'counter', 'mobile', 'online')",
+    ]
+    assert problems_of(rule_text('event != "transfers" and person.sex == "F"')) == [
+        "4: 'transfers' is not a value of event, did you mean 'transfer'?",
+        "4: 'F' is not a value of person.sex (one of 'female', 'male')",
+    ]
+    # Field against field, and patterns that match some value, are not constants to check.
+    assert (
+        problems_of(
+            rule_text('closure.carrier == closure.target or closure.carrier startswith "china_"', on="[closure]")
+        )
+        == []
+    )
+
+
+def test_a_list_with_no_lists_declared() -> None:
+    with pytest.raises(SourceError) as caught:
+        load_sources(
+            [SourceText("t.rules.yaml", rule_text("transfer.payee_account in list.fraud_accounts"))],
+            counters=COUNTERS,
+            lists={},
+        )
+    assert [str(p) for p in caught.value.problems] == [
+        "t.rules.yaml:4: unknown list 'fraud_accounts' (no lists are declared: see lists.yaml)"
+    ]
+
+
+def test_a_list_accepts_the_fields_of_its_kind_on_every_event_kind_of_the_rule() -> None:
+    assert problems_of(rule_text("person.id_number in list.punished_persons", on="[card_opening, sim_sale]")) == []
+    assert problems_of(rule_text("transfer.ip_region_code in list.high_risk_regions")) == []
+    assert problems_of(rule_text("person.phone in list.fraud_accounts", on="[sim_sale]")) == [
+        "4: list 'fraud_accounts' is of kind 'account': 'person.phone' cannot be looked up in it "
+        "(there are no account fields on sim_sale events)",
     ]
 
 
@@ -285,5 +325,5 @@ def test_reads_are_in_order_of_appearance_without_duplicates() -> None:
 
 def test_bare_field_names_win_over_counters_of_the_same_name() -> None:
     counters = {**COUNTERS, "local_hour": CounterInfo("local_hour")}
-    ruleset = load_sources([SourceText("t.rules.yaml", rule_text("local_hour < 5"))], counters=counters)
+    ruleset = load_sources([SourceText("t.rules.yaml", rule_text("local_hour < 5"))], counters=counters, lists=LISTS)
     assert ruleset.rules[0].reads == (FieldRef("local_hour", FieldType.NUMBER),)

@@ -11,7 +11,7 @@ from service.domain import EventKind, Outcome
 from service.errors import SourceError
 from service.rules.loader import RULES_SUFFIX, find_files, load_rules
 from service.rules.model import Mode, Placeholder
-from tests.unit.rules.conftest import COUNTERS, FIXTURES, load_text, problems_of, rule_text
+from tests.unit.rules.conftest import COUNTERS, FIXTURES, LISTS, load_text, problems_of, rule_text
 
 GOOD = """\
 revision: v1
@@ -155,18 +155,20 @@ def test_the_revision_is_the_labels_and_a_content_hash(tmp_path: Path) -> None:
     second = tmp_path / "second-name"
     shutil.copytree(FIXTURES / "rich", first)
     shutil.copytree(FIXTURES / "rich", second)
-    revision = load_rules(first, counters=COUNTERS).revision
+    revision = load_rules(first, counters=COUNTERS, lists=LISTS).revision
     assert revision.startswith("rich-1@") and len(revision.split("@")[1]) == 12
-    assert load_rules(second, counters=COUNTERS).revision == revision  # the directory's name does not count
+    assert (
+        load_rules(second, counters=COUNTERS, lists=LISTS).revision == revision
+    )  # the directory's name does not count
     path = second / "openings.rules.yaml"
     path.write_text(path.read_text(encoding="utf-8") + "# a comment\n", encoding="utf-8")
-    assert load_rules(second, counters=COUNTERS).revision != revision
+    assert load_rules(second, counters=COUNTERS, lists=LISTS).revision != revision
     (second / "transfers.rules.yaml").write_text(
         (second / "transfers.rules.yaml").read_text(encoding="utf-8").replace("revision: rich-1", "revision: b2"),
         encoding="utf-8",
     )
     path.write_text("revision: a1\n" + path.read_text(encoding="utf-8"), encoding="utf-8")
-    assert load_rules(second, counters=COUNTERS).revision.startswith("a1+b2@")
+    assert load_rules(second, counters=COUNTERS, lists=LISTS).revision.startswith("a1+b2@")
 
 
 def test_without_labels_the_revision_is_the_hash() -> None:
@@ -193,21 +195,21 @@ def test_which_files_are_rule_files(tmp_path: Path) -> None:
 def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
     (tmp_path / "a.rules.yaml").write_bytes(b"rules:\n  - id: \xff\n")
     with pytest.raises(SourceError) as caught:
-        load_rules(tmp_path, counters=COUNTERS)
+        load_rules(tmp_path, counters=COUNTERS, lists=LISTS)
     assert [str(p) for p in caught.value.problems] == [f"{tmp_path}/a.rules.yaml:2: the file is not valid UTF-8"]
 
 
 def test_an_empty_rule_file_is_allowed(tmp_path: Path) -> None:
     (tmp_path / "empty.rules.yaml").write_text("# nothing yet\n")
     (tmp_path / "none.rules.yaml").write_text("rules:\n")
-    assert load_rules(tmp_path, counters=COUNTERS).rules == ()
+    assert load_rules(tmp_path, counters=COUNTERS, lists=LISTS).rules == ()
 
 
 def test_problems_are_sorted_by_file_then_line(tmp_path: Path) -> None:
     (tmp_path / "a.rules.yaml").write_text(rule_text("payer.agee > 1") + "  - id: r2\n")
     (tmp_path / "b.rules.yaml").write_text("rules: 5\n")
     with pytest.raises(SourceError) as caught:
-        load_rules(tmp_path, counters=COUNTERS)
+        load_rules(tmp_path, counters=COUNTERS, lists=LISTS)
     assert [(Path(p.file).name, p.line) for p in caught.value.problems] == [
         ("a.rules.yaml", 4),
         ("a.rules.yaml", 7),

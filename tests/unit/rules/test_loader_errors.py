@@ -6,7 +6,11 @@ import pytest
 
 from service.errors import SourceError
 from service.rules.loader import load_rules
-from tests.unit.rules.conftest import COUNTERS, FIXTURES, REPO
+from service.rules.model import counters_from_names
+from tests.unit.rules.conftest import COUNTERS, FIXTURES, LISTS, REPO
+
+# The too_many_values fixture reads 220 counters.
+WIDE_COUNTERS = counters_from_names(f"v{i:03d}" for i in range(1, 221))
 
 EXPECTED: dict[str, list[str]] = {
     "unknown_key": [
@@ -47,7 +51,7 @@ EXPECTED: dict[str, list[str]] = {
         "and 'in [..]' (durable_rules evaluates at most 48 at once): split the rule or simplify the condition",
     ],
     "too_many_values": [
-        "wide.rules.yaml:91: with rule 'prefixes' the rules read 214 distinct values on transfer events "
+        "wide.rules.yaml:61: with rule 'wide_10' the rules read 221 distinct values on transfer events "
         "(fields, counters and list checks); a durable_rules message takes at most 200",
     ],
     "yaml_syntax": [
@@ -59,6 +63,25 @@ EXPECTED: dict[str, list[str]] = {
     "identifier_compared": [
         "bad.rules.yaml:4: 'transfer.payee_account' is an identifier: it can only be tested with "
         "'in list.NAME' (identifiers are never compared or shown)",
+    ],
+    "unknown_choice": [
+        "bad.rules.yaml:4: '1' is not a value of card_opening.account_class (one of 'I', 'II', 'III')",
+        "bad.rules.yaml:4: 'Face_Mismatch' is not a value of card_opening.identity_check, "
+        "did you mean 'face_mismatch'?",
+        "bad.rules.yaml:9: 'transfer.channel matches \"branch.*\"' matches none of its values "
+        "('atm', 'counter', 'mobile', 'online'): it can never hold",
+    ],
+    "list_kind": [
+        "bad.rules.yaml:4: list 'fraud_accounts' is of kind 'account': 'payer.id_number' cannot be looked up in it "
+        "(the account fields on transfer events: transfer.payer_account, transfer.payee_account)",
+        "bad.rules.yaml:9: list 'high_risk_regions' is of kind 'region': 'card_opening.device_id' cannot be looked "
+        "up in it (the region fields on card_opening events: outlet.region_code, person.region_code, "
+        "applicant.region_code, companion.region_code)",
+    ],
+    "unknown_list": [
+        "bad.rules.yaml:4: unknown list 'fraud_acounts', did you mean 'fraud_accounts'?",
+        "bad.rules.yaml:4: unknown list 'mules' (declared lists: allowlist, device_blocklist, fraud_accounts, "
+        "high_risk_regions, police_warned, punished_persons, vulnerable_persons)",
     ],
     "many_errors": [
         "bad.rules.yaml:3: rule id 'K-05' may only use letters, digits and '_'",
@@ -78,28 +101,29 @@ EXPECTED: dict[str, list[str]] = {
 def test_fixture_fails_with_exact_messages(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     directory = f"tests/fixtures/rules/{case}"
+    counters = WIDE_COUNTERS if case == "too_many_values" else COUNTERS
     with pytest.raises(SourceError) as caught:
-        load_rules(directory, counters=COUNTERS)
+        load_rules(directory, counters=counters, lists=LISTS)
     expected = [f"{directory}/{line.format(dir=directory)}" for line in EXPECTED[case]]
     assert [str(p) for p in caught.value.problems] == expected
 
 
 def test_every_error_fixture_directory_is_pinned() -> None:
-    on_disk = {p.name for p in FIXTURES.iterdir() if p.is_dir()} - {"rich", "bench25", "cases"}
+    on_disk = {p.name for p in FIXTURES.iterdir() if p.is_dir()} - {"rich", "bench25", "cases", "filters"}
     assert on_disk == set(EXPECTED)
 
 
 def test_error_message_joins_all_problems(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     with pytest.raises(SourceError) as caught:
-        load_rules("tests/fixtures/rules/many_errors", counters=COUNTERS)
+        load_rules("tests/fixtures/rules/many_errors", counters=COUNTERS, lists=LISTS)
     assert str(caught.value).count("\n") == len(EXPECTED["many_errors"]) - 1
 
 
 def test_missing_directory_and_empty_directory(tmp_path: pytest.TempPathFactory) -> None:
     with pytest.raises(SourceError) as caught:
-        load_rules(f"{tmp_path}/nope", counters=COUNTERS)
+        load_rules(f"{tmp_path}/nope", counters=COUNTERS, lists=LISTS)
     assert str(caught.value) == f"{tmp_path}/nope:0: not a directory"
     with pytest.raises(SourceError) as caught:
-        load_rules(str(tmp_path), counters=COUNTERS)
+        load_rules(str(tmp_path), counters=COUNTERS, lists=LISTS)
     assert str(caught.value) == f"{tmp_path}:0: no rule files (*.rules.yaml) in this directory"

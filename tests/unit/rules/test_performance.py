@@ -16,7 +16,7 @@ import pytest
 from service.domain import EventKind
 from service.rules.engine import CompiledRuleset, load_compiled
 from service.rules.model import counters_from_names
-from tests.unit.rules.conftest import FIXTURES
+from tests.unit.rules.conftest import FIXTURES, LISTS
 
 BENCH_COUNTERS = counters_from_names(
     [
@@ -96,7 +96,7 @@ QUIET_COUNTERS |= {"payee_paid_before": 1, "night_tx_90d": 3}
 
 @pytest.fixture(scope="module")
 def bench() -> Iterator[CompiledRuleset]:
-    compiled = load_compiled(FIXTURES / "bench25", counters=BENCH_COUNTERS)
+    compiled = load_compiled(FIXTURES / "bench25", counters=BENCH_COUNTERS, lists=LISTS)
     yield compiled
     compiled.close()
 

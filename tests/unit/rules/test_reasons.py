@@ -1,11 +1,9 @@
-"""Reason templates and the outcome decision."""
+"""Reason templates and value formatting (the outcome decision is tested in tests/unit/test_decision.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.domain import Outcome, Reason
-from service.rules.decide import decide, sort_reasons
 from service.rules.model import Placeholder, format_number, format_value
 from service.rules.templates import TemplateError, format_yuan, parse_template, render
 
@@ -55,26 +53,3 @@ def test_value_formatting() -> None:
         "中",
     ]
     assert format_number(-3) == "-3"
-
-
-def _reason(rule_id: str, outcome: Outcome, priority: int = 100, shadow: bool = False) -> Reason:
-    return Reason(rule_id, outcome, "zh", "en", (), shadow, priority)
-
-
-def test_decide_takes_the_most_severe_enforced_rule() -> None:
-    assert decide([]) is Outcome.ALLOW
-    assert decide([_reason("a", Outcome.WARN)]) is Outcome.WARN
-    assert decide([_reason("a", Outcome.WARN), _reason("b", Outcome.BLOCK)]) is Outcome.BLOCK
-    assert decide([_reason("a", Outcome.WARN), _reason("b", Outcome.BLOCK, shadow=True)]) is Outcome.WARN
-    assert decide([_reason("b", Outcome.BLOCK, shadow=True)]) is Outcome.ALLOW
-
-
-def test_reasons_sort_by_severity_priority_and_id() -> None:
-    reasons = [
-        _reason("w2", Outcome.WARN, 10),
-        _reason("b9", Outcome.BLOCK, 100),
-        _reason("w1", Outcome.WARN, 10),
-        _reason("b1", Outcome.BLOCK, 5, shadow=True),
-        _reason("w0", Outcome.WARN, 50),
-    ]
-    assert [r.rule_id for r in sort_reasons(reasons)] == ["b1", "b9", "w1", "w2", "w0"]

@@ -17,10 +17,12 @@ from google.protobuf import json_format
 from service import __version__, logs
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
+from service.admin_cli import add_admin_commands
 from service.errors import ConfigError, RiskgateError
 from service.rules.commands import add_rules_commands
 from service.server import run
 from service.settings import SETTINGS, Settings
+from service.synth import add_synth_command
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -104,6 +106,8 @@ def parser() -> argparse.ArgumentParser:
     screen.set_defaults(handler=_screen)
 
     add_rules_commands(commands)
+    add_admin_commands(commands)
+    add_synth_command(commands)
     return root
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from service.settings import parse_address
 
@@ -48,6 +48,22 @@ class Metrics:
             ["component"],
             registry=self.registry,
         )
+
+        self.rule_reloads = Counter(
+            "riskgate_rule_reloads",
+            "Attempts to reload the rules directory, by result: loaded, unchanged, rejected.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.ruleset = Info("riskgate_ruleset", "The ruleset revision serving now.", registry=self.registry)
+        self.unwritten_log_entries = Gauge(
+            "riskgate_unwritten_decision_log_entries",
+            "Decision-log entries kept in memory until Redis answers again.",
+            registry=self.registry,
+        )
+
+    def set_revision(self, revision: str) -> None:
+        self.ruleset.info({"revision": revision})
 
     def serve(self, address: str) -> None:
         """Serve /metrics over HTTP on a daemon thread."""

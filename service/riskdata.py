@@ -32,22 +32,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from service.clock import Clock
 from service.counters.keys import KeyHasher
 from service.counters.spec import CounterSpec, Predicate, counters_to_update
-from service.counters.store import CounterStore
+from service.counters.store import CounterPlan, CounterStore
 from service.decisions import LOG_STREAM, decode_decision, encode_decision, log_entry
-from service.domain import Decision, ScreenRequest
+from service.domain import Decision, Outcome, ScreenRequest
 from service.errors import InFlight, StoreUnavailable
 from service.facts import Scalar
-from service.lists import Watchlists
+from service.lists import ListSpec, Watchlists
 from service.screening import Observation
 
 log = logging.getLogger("riskgate.riskdata")
@@ -56,16 +57,27 @@ BREAKER_FAILURES = 3
 BREAKER_OPEN_SECONDS = 1.0
 PENDING_LOG_LIMIT = 100_000
 PENDING_CLAIM_MS = 10_000
-_PENDING = b"\x00pending"
+_PENDING = b"\x00pending:"  # followed by the claiming attempt's token
 _RETRY_POLL_SECONDS = 0.005
+T = TypeVar("T")
 
 
-# Returns the stored decision, or claims the request as pending and returns nil.
+# Returns the stored decision (or another attempt's pending mark), or claims
+# the request for this attempt (ARGV[1], its pending mark) and returns nil.
 _CLAIM = """
 local stored = redis.call('GET', KEYS[1])
 if stored then return stored end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
+"""
+
+# Stores the decision if this attempt holds the claim (ARGV[1]), or nobody does
+# (a claim that timed out may or may not have reached Redis).
+_RECORD = """
+local stored = redis.call('GET', KEYS[1])
+if stored and stored ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
 """
 
 
@@ -98,49 +110,58 @@ class CircuitBreaker:
             self._open_until = self._clock.monotonic() + self._open_seconds
 
 
-class RedisRiskData:
+class RiskDataStore:
+    """The process-wide half of the risk data: the Redis client, the breaker, the log buffer.
+
+    `for_rules` binds it to one rules bundle (counters, filters, watchlists
+    from one set of files); a request uses the binding of the bundle it leased.
+    """
+
     def __init__(
-        self,
-        *,
-        client: Any,
-        counters: CounterStore,
-        counter_spec: CounterSpec,
-        lists: Watchlists,
-        hasher: KeyHasher,
-        clock: Clock,
-        config: RiskDataConfig,
-        where: Predicate,
+        self, *, client: Any, hasher: KeyHasher, clock: Clock, config: RiskDataConfig, max_future_skew_seconds: float
     ) -> None:
-        self._client = client
-        self._counters = counters
-        self._spec = counter_spec
-        self._lists = lists
-        self._hasher = hasher
-        self._clock = clock
-        self._config = config
-        self._where = where
+        self.client = client
+        self.hasher = hasher
+        self.clock = clock
+        self.config = config
+        self.max_future_skew_seconds = max_future_skew_seconds
         self.breaker = CircuitBreaker(clock)
-        self._claim_sha: str | None = None
         self._pending_log: deque[dict[str, str]] = deque(maxlen=PENDING_LOG_LIMIT)
+        self._bound: dict[str, BoundRiskData] = {}
 
-    # --- the screening path ---------------------------------------------------
+    def for_rules(
+        self, *, key: str, counter_spec: CounterSpec, where: Predicate, lists: Mapping[str, ListSpec]
+    ) -> BoundRiskData:
+        """The binding for a rules bundle identified by `key` (its content hash), made once."""
+        bound = self._bound.get(key)
+        if bound is None:
+            counters = CounterStore(
+                self.client, counter_spec, self.hasher, max_future_skew_seconds=self.max_future_skew_seconds
+            )
+            bound = BoundRiskData(self, counters, counter_spec, where, Watchlists(self.client, self.hasher, lists))
+            # Keep the newest few: a request may still hold the previous bundle during a reload.
+            while len(self._bound) >= 4:
+                del self._bound[next(iter(self._bound))]
+            self._bound[key] = bound
+        return bound
 
-    def _budget(self, deadline: float | None) -> float:
-        budget = self._config.budget_seconds
+    # --- budgets and the breaker ------------------------------------------------
+
+    def budget(self, deadline: float | None) -> float:
+        budget = self.config.budget_seconds
         if deadline is not None:
             # Leave room to answer: rules and the reply take well under a millisecond.
-            budget = min(budget, max(0.0, deadline - self._clock.monotonic() - 0.002))
+            budget = min(budget, max(0.0, deadline - self.clock.monotonic() - 0.002))
         return budget
 
-    def request_key(self, request: ScreenRequest) -> str:
-        entity = self._hasher.entity((("institution", request.outlet.institution_id), ("request", request.request_id)))
-        return f"{self._hasher.prefix}:r:{{{entity}}}"
-
-    async def _bounded(self, work: Any, deadline: float | None) -> Any:
+    async def bounded(self, work: Awaitable[T], deadline: float | None) -> T:
+        """`work` within the budget, or StoreUnavailable; feeds the circuit breaker."""
         if not self.breaker.allow():
+            if asyncio.iscoroutine(work):
+                work.close()
             raise StoreUnavailable("redis: circuit open after repeated failures")
         try:
-            result = await asyncio.wait_for(work, timeout=self._budget(deadline))
+            result: T = await asyncio.wait_for(work, timeout=self.budget(deadline))
         except (RedisError, OSError, TimeoutError, StoreUnavailable) as error:
             self.breaker.failure()
             if isinstance(error, StoreUnavailable):
@@ -149,114 +170,45 @@ class RedisRiskData:
         self.breaker.success()
         return result
 
-    async def _claim(self, key: str) -> bytes | None:
-        for _ in (1, 2):
-            if self._claim_sha is None:
-                self._claim_sha = str(await self._client.script_load(_CLAIM))
-            try:
-                stored = await self._client.evalsha(self._claim_sha, 1, key, _PENDING, PENDING_CLAIM_MS)
-            except NoScriptError:
-                self._claim_sha = None
-                continue
-            return stored if isinstance(stored, bytes) else None
-        raise StoreUnavailable("redis: the claim script could not be loaded")
+    # --- idempotency --------------------------------------------------------------
 
-    async def _await_other_attempt(self, key: str, deadline: float | None) -> Decision:
-        """Another attempt of this request holds the claim: wait (within the budget) for its decision."""
-        give_up = self._clock.monotonic() + max(self._config.budget_seconds * 50, 0.5)
+    def request_key(self, request: ScreenRequest) -> str:
+        entity = self.hasher.entity((("institution", request.outlet.institution_id), ("request", request.request_id)))
+        return f"{self.hasher.prefix}:r:{{{entity}}}"
+
+    async def claim(self, key: str, mark: bytes) -> bytes | None:
+        """The stored decision (or another attempt's pending mark) for `key`, or None after claiming it.
+
+        EVAL rather than EVALSHA: Redis caches the compiled script either way,
+        and a restarted Redis can never answer NOSCRIPT.
+        """
+        stored = await self.client.eval(_CLAIM, 1, key, mark, PENDING_CLAIM_MS)
+        return stored if isinstance(stored, bytes) else None
+
+    async def await_other_attempt(self, key: str, deadline: float | None) -> Decision:
+        """Another attempt of this request holds the claim: wait (within limits) for its decision."""
+        give_up = self.clock.monotonic() + max(self.config.budget_seconds * 50, 0.5)
         if deadline is not None:
             give_up = min(give_up, deadline - 0.002)
-        while self._clock.monotonic() < give_up:
+        while self.clock.monotonic() < give_up:
             await asyncio.sleep(_RETRY_POLL_SECONDS)
-            stored = await self._bounded(self._client.get(key), deadline)
-            if stored is not None and stored != _PENDING:
+            stored = await self.bounded(cast(Awaitable[bytes | None], self.client.get(key)), deadline)
+            if stored is not None and not stored.startswith(_PENDING):
                 return decode_decision(stored)
         raise InFlight("a screening with this request_id is still in progress; retry shortly")
 
-    async def observe(
-        self,
-        request: ScreenRequest,
-        facts: Mapping[str, Scalar],
-        ids: Mapping[str, str],
-        list_checks: Collection[tuple[str, str]],
-        deadline: float | None = None,
-    ) -> Observation:
-        key = self.request_key(request)
-        try:
-            stored = await self._bounded(self._claim(key), deadline)
-        except StoreUnavailable as error:
-            log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "claim"}})
-            return Observation(degraded=True)
-        if stored is not None:
-            if stored == _PENDING:
-                return Observation(previous=await self._await_other_attempt(key, deadline))
-            return Observation(previous=decode_decision(stored))
-
-        updates = counters_to_update(self._spec, request.kind, facts, self._where)
-        values: dict[str, str] = {**{k: v for k, v in facts.items() if isinstance(v, str)}, **ids}
-        plan = self._lists.plan(list_checks, values)
-        try:
-            counters, hits = await self._bounded(self._read(request, facts, ids, updates, plan), deadline)
-        except StoreUnavailable as error:
-            log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "counters"}})
-            return Observation(degraded=True, claimed=True)
-        return Observation(counters=counters, list_hits=hits, claimed=True)
-
-    async def _read(
-        self,
-        request: ScreenRequest,
-        facts: Mapping[str, Scalar],
-        ids: Mapping[str, str],
-        updates: Collection[str],
-        plan: Mapping[str, list[tuple[str, str]]],
-    ) -> tuple[dict[str, int | float], dict[tuple[str, str], bool]]:
-        async def lookups() -> dict[tuple[str, str], bool]:
-            if not plan:
-                return {}
-            pipe = self._client.pipeline(transaction=False)
-            self._lists.queue_lookups(pipe, plan)
-            return self._lists.read_lookups(plan, await pipe.execute(), request.occurred_at)
-
-        counters, hits = await asyncio.gather(
-            self._counters.observe(
-                occurred_at=request.occurred_at, kind=request.kind, facts=facts, ids=ids, updates=updates
-            ),
-            lookups(),
-        )
-        return counters, hits
-
-    async def record(self, request: ScreenRequest, decision: Decision, observation: Observation) -> None:
-        """Keep the decision for retries and log it; never fails the screening."""
-        entry = log_entry(
-            request,
-            decision,
-            subject_hash=self._hasher.identifier("person.id_number", request.subject.id_number),
-            counters=observation.counters,
-            list_hits=observation.list_hits,
-        )
-        if not self.breaker.allow():
-            self._keep_for_later(entry)
-            return
-        try:
-            await self._bounded(self._write(request, decision, entry, observation.claimed), None)
-        except StoreUnavailable as error:
-            log.warning("decision not recorded yet: %s", error, extra={"fields": {"step": "record"}})
-            self._keep_for_later(entry)
-
-    async def _write(self, request: ScreenRequest, decision: Decision, entry: dict[str, str], claimed: bool) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        if claimed:
-            pipe.set(self.request_key(request), encode_decision(decision), px=self._config.idempotency_ms)
-        while self._pending_log:
-            pipe.xadd(self.log_key, self._pending_log.popleft(), maxlen=self._config.log_maxlen, approximate=True)
-        pipe.xadd(self.log_key, entry, maxlen=self._config.log_maxlen, approximate=True)
-        await pipe.execute()
+    # --- the decision log -----------------------------------------------------------
 
     @property
     def log_key(self) -> str:
-        return f"{self._hasher.prefix}:log:{LOG_STREAM}"
+        return f"{self.hasher.prefix}:log:{LOG_STREAM}"
 
-    def _keep_for_later(self, entry: dict[str, str]) -> None:
+    def queue_log(self, pipe: Any, entry: Mapping[str, str]) -> None:
+        while self._pending_log:
+            pipe.xadd(self.log_key, self._pending_log.popleft(), maxlen=self.config.log_maxlen, approximate=True)
+        pipe.xadd(self.log_key, dict(entry), maxlen=self.config.log_maxlen, approximate=True)
+
+    def keep_for_later(self, entry: dict[str, str]) -> None:
         if len(self._pending_log) == self._pending_log.maxlen:
             log.error("decision log buffer full: the oldest unwritten entry is dropped")
         self._pending_log.append(entry)
@@ -269,7 +221,110 @@ class RedisRiskData:
         """Write what the log buffer holds, if Redis answers."""
         if self._pending_log:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
-                pipe = self._client.pipeline(transaction=False)
+                pipe = self.client.pipeline(transaction=False)
                 while self._pending_log:
-                    pipe.xadd(self.log_key, self._pending_log.popleft(), maxlen=self._config.log_maxlen)
+                    pipe.xadd(self.log_key, self._pending_log.popleft(), maxlen=self.config.log_maxlen)
                 await asyncio.wait_for(pipe.execute(), timeout=2.0)
+
+
+class BoundRiskData:
+    """The risk data of one rules bundle: implements `service.screening.RiskData`."""
+
+    def __init__(
+        self,
+        store: RiskDataStore,
+        counters: CounterStore,
+        counter_spec: CounterSpec,
+        where: Predicate,
+        lists: Watchlists,
+    ) -> None:
+        self._store = store
+        self._counters = counters
+        self._spec = counter_spec
+        self._where = where
+        self._lists = lists
+
+    async def observe(
+        self,
+        request: ScreenRequest,
+        facts: Mapping[str, Scalar],
+        ids: Mapping[str, str],
+        list_checks: Collection[tuple[str, str]],
+        deadline: float | None = None,
+    ) -> Observation:
+        store = self._store
+        key = store.request_key(request)
+        mark = _PENDING + uuid.uuid4().hex.encode()
+        try:
+            stored: bytes | None = await store.bounded(store.claim(key, mark), deadline)
+        except StoreUnavailable as error:
+            log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "claim"}})
+            return Observation(degraded=True, claim=mark)
+        if stored is not None:
+            if stored.startswith(_PENDING):
+                return Observation(previous=await store.await_other_attempt(key, deadline))
+            return Observation(previous=decode_decision(stored))
+
+        updates = counters_to_update(self._spec, request.kind, facts, self._where)
+        values = {**{k: v for k, v in facts.items() if isinstance(v, str)}, **ids}
+        lookups = self._lists.plan(list_checks, values)
+        plan = self._counters.prepare(
+            occurred_at=request.occurred_at, kind=request.kind, facts=facts, ids=ids, updates=updates
+        )
+        try:
+            counters, hits = await store.bounded(self._read(plan, lookups, request), deadline)
+        except StoreUnavailable as error:
+            log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "counters"}})
+            return Observation(degraded=True, claim=mark)
+        return Observation(counters=counters, list_hits=hits, claim=mark, plan=plan)
+
+    async def _read(
+        self, plan: CounterPlan, lookups: Mapping[str, list[tuple[str, str]]], request: ScreenRequest
+    ) -> tuple[dict[str, int | float], dict[tuple[str, str], bool]]:
+        """Counters and watchlist look-ups in one pipelined round trip."""
+        pipe = self._store.client.pipeline(transaction=False)
+        queued = self._counters.queue(pipe, plan)
+        self._lists.queue_lookups(pipe, lookups)
+        replies = await pipe.execute(raise_on_error=False)
+        counter_replies = await self._counters.retry_noscript(plan, replies[:queued])
+        for reply in replies[queued:]:
+            if isinstance(reply, BaseException):
+                raise StoreUnavailable(f"redis: {reply}") from reply
+        counters = self._counters.read(plan, counter_replies)
+        return counters, self._lists.read_lookups(lookups, replies[queued:], request.occurred_at)
+
+    async def record(
+        self, request: ScreenRequest, decision: Decision, observation: Observation, ids: Mapping[str, str]
+    ) -> None:
+        """Keep the decision for retries, undo a blocked opening's active counts, and log it."""
+        store = self._store
+        entry = log_entry(
+            request,
+            decision,
+            subject_hash=store.hasher.identifier("person.id_number", ids["person.id_number"]),
+            counters=observation.counters,
+            list_hits=observation.list_hits,
+        )
+        if not store.breaker.allow():
+            store.keep_for_later(entry)
+            return
+        pipe = store.client.pipeline(transaction=False)
+        if observation.claim:
+            pipe.eval(
+                _RECORD,
+                1,
+                store.request_key(request),
+                observation.claim,
+                encode_decision(decision),
+                store.config.idempotency_ms,
+            )
+        if decision.outcome is Outcome.BLOCK and isinstance(observation.plan, CounterPlan):
+            # A blocked opening never happened: it must not count as an account or SIM held.
+            retract = self._counters.prepare_retract(observation.plan, token=store.request_key(request))
+            self._counters.queue_retract(pipe, retract)
+        store.queue_log(pipe, entry)
+        try:
+            await store.bounded(pipe.execute(), None)
+        except StoreUnavailable as error:
+            log.warning("decision not recorded yet: %s", error, extra={"fields": {"step": "record"}})
+            store.keep_for_later(entry)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
 from service.clock import Clock
-from service.decision import decide
-from service.domain import Decision, Outcome, Reason, ScreenRequest
+from service.decision import decide, unavailable_reason
+from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
 from service.facts import Scalar, facts, identifiers
 
 ListHits = Mapping[tuple[str, str], bool]
@@ -29,9 +30,8 @@ class RuleEvaluator(Protocol):
     @property
     def revision(self) -> str: ...
 
-    @property
-    def list_checks(self) -> Collection[tuple[str, str]]:
-        """(list name, identifier field) pairs the rules test, e.g. ('fraud_accounts', 'transfer.payee_account')."""
+    def list_checks_for(self, kind: EventKind) -> Collection[tuple[str, str]]:
+        """(list name, field) pairs the rules on `kind` test, e.g. ('fraud_accounts', 'transfer.payee_account')."""
         ...
 
     def evaluate(self, facts: Mapping[str, Scalar], counters: CounterValues, list_hits: ListHits) -> Sequence[Reason]:
@@ -47,7 +47,8 @@ class Observation:
     list_hits: ListHits = field(default_factory=dict)
     degraded: bool = False
     previous: Decision | None = None  # the decision already made for this request_id
-    claimed: bool = False  # this attempt holds the request_id: record() keeps its decision for retries
+    claim: bytes = b""  # this attempt's claim on the request_id: record() keeps its decision for retries
+    plan: object = None  # the risk-data store's record of what it counted, for record()
 
 
 class RiskData(Protocol):
@@ -62,68 +63,61 @@ class RiskData(Protocol):
         """Count the request and read what the rules need; `deadline` is on the clock's monotonic scale."""
         ...
 
-    async def record(self, request: ScreenRequest, decision: Decision, observation: Observation) -> None: ...
+    async def record(
+        self, request: ScreenRequest, decision: Decision, observation: Observation, ids: Mapping[str, str]
+    ) -> None:
+        """Keep the decision for retries and log it. Never fails the screening."""
+        ...
+
+
+class Session(Protocol):
+    """The rules and risk data one request uses, from one consistent set of rule files."""
+
+    @property
+    def rules(self) -> RuleEvaluator: ...
+
+    @property
+    def risk_data(self) -> RiskData: ...
 
 
 class Screener:
     def __init__(
         self,
-        rules: Callable[[], RuleEvaluator],
-        risk_data: RiskData,
+        session: Callable[[], AbstractContextManager[Session]],
         clock: Clock,
         fail_outcome: Outcome = Outcome.WARN,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
-        self._rules = rules  # called once per request: a reload swaps what it returns
-        self._risk_data = risk_data
+        self._session = session  # leased per request: a reload swaps what it yields
         self._clock = clock
         self._new_id = new_id
         self._fail_outcome = fail_outcome
 
-    async def screen(self, request: ScreenRequest) -> Decision:
+    async def screen(self, request: ScreenRequest, deadline: float | None = None) -> Decision:
+        """Decide one request. `deadline` (monotonic seconds) bounds the time spent waiting on risk data."""
         started = self._clock.monotonic()
-        ruleset = self._rules()
         request_facts = facts(request)
-        observation = await self._risk_data.observe(request, request_facts, identifiers(request), ruleset.list_checks)
-        if observation.previous is not None:
-            return observation.previous
-        reasons = ruleset.evaluate(request_facts, observation.counters, observation.list_hits)
-        decision = decide(
-            request_id=request.request_id,
-            decision_id=self._new_id(),
-            kind=request.kind,
-            reasons=reasons,
-            ruleset_revision=ruleset.revision,
-            degraded=observation.degraded,
-            decided_at=self._clock.now(),
-            evaluation_time=timedelta(seconds=self._clock.monotonic() - started),
-        )
-        await self._risk_data.record(request, decision, observation)
+        ids = identifiers(request)
+        with self._session() as session:
+            rules, risk_data = session.rules, session.risk_data
+            observation = await risk_data.observe(
+                request, request_facts, ids, rules.list_checks_for(request.kind), deadline
+            )
+            if observation.previous is not None:
+                return observation.previous
+            # With data missing, counters and list hits are absent: rules that need them do not fire.
+            reasons = list(rules.evaluate(request_facts, observation.counters, observation.list_hits))
+            if observation.degraded:
+                reasons.append(unavailable_reason(self._fail_outcome))
+            decision = decide(
+                request_id=request.request_id,
+                decision_id=self._new_id(),
+                kind=request.kind,
+                reasons=reasons,
+                ruleset_revision=rules.revision,
+                degraded=observation.degraded,
+                decided_at=self._clock.now(),
+                evaluation_time=timedelta(seconds=self._clock.monotonic() - started),
+            )
+            await risk_data.record(request, decision, observation, ids)
         return decision
-
-
-class NoRules:
-    """The ruleset of an empty rules directory: nothing fires, every event is allowed."""
-
-    revision = "empty"
-    list_checks: Collection[tuple[str, str]] = frozenset()
-
-    def evaluate(self, facts: Mapping[str, Scalar], counters: CounterValues, list_hits: ListHits) -> Sequence[Reason]:
-        return ()
-
-
-class NoRiskData:
-    """A store that knows nothing and keeps nothing: for rulesets that read no counters or lists."""
-
-    async def observe(
-        self,
-        request: ScreenRequest,
-        facts: Mapping[str, Scalar],
-        ids: Mapping[str, str],
-        list_checks: Collection[tuple[str, str]],
-        deadline: float | None = None,
-    ) -> Observation:
-        return Observation()
-
-    async def record(self, request: ScreenRequest, decision: Decision, observation: Observation) -> None:
-        return None

@@ -14,22 +14,31 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import grpc
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
 
 from service import __version__, api, validate
+from service._gen.riskgate.v1 import admin_pb2 as admin_pb
+from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
+from service.admin import RulesService, WatchlistsService
 from service.clock import Clock, SystemClock
-from service.domain import Decision, ScreenRequest
+from service.domain import Decision, Outcome, ScreenRequest
 from service.errors import ConfigError, RiskgateError, ValidationError
+from service.lists import Watchlists
 from service.metrics import Metrics
 from service.redis_embedded import EmbeddedRedis
-from service.screening import NoRiskData, NoRules, Screener
+from service.redisconn import embedded_dir, hasher_for, make_client
+from service.riskdata import BoundRiskData, RiskDataConfig, RiskDataStore
+from service.rules.reload import ActiveRules, ReloadResult, RulesManager
+from service.screening import Screener
 from service.settings import Settings
 
 log = logging.getLogger("riskgate.server")
@@ -38,7 +47,8 @@ SCREENING_SERVICE = pb.DESCRIPTOR.services_by_name["Screening"].full_name
 # Per-component health, queried as grpc.health.v1 service names.
 REDIS_COMPONENT = "redis"
 RULES_COMPONENT = "rules"
-_REDIS_PROBE_SECONDS = 1.0
+_PROBE_SECONDS = 1.0
+ADMIN_SERVICES = tuple(s.full_name for s in admin_pb.DESCRIPTOR.services_by_name.values())
 
 
 class ScreeningService(pb_grpc.ScreeningServicer):
@@ -47,16 +57,19 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         screener: Screener,
         validator: Callable[[pb.ScreenRequest], ScreenRequest],
         metrics: Metrics,
+        clock: Clock,
     ) -> None:
         self._screener = screener
         self._validate = validator
         self._metrics = metrics
+        self._clock = clock
 
-    async def _decide(self, request: pb.ScreenRequest, rpc: str) -> Decision:
+    async def _decide(self, request: pb.ScreenRequest, rpc: str, time_remaining: float | None) -> Decision:
         """Validate and screen one request; RiskgateErrors propagate to the caller's mapping."""
         started = time.perf_counter()
+        deadline = None if time_remaining is None else self._clock.monotonic() + time_remaining
         try:
-            decision = await self._screener.screen(self._validate(request))
+            decision = await self._screener.screen(self._validate(request), deadline)
         except RiskgateError as error:
             self._metrics.errors.labels(rpc, api.status_of(error).name).inc()
             raise
@@ -73,7 +86,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         self, request: pb.ScreenRequest, context: grpc.aio.ServicerContext[pb.ScreenRequest, pb.Decision]
     ) -> pb.Decision:
         try:
-            decision = await self._decide(request, "Screen")
+            decision = await self._decide(request, "Screen", context.time_remaining())
         except RiskgateError as error:
             await context.abort(api.status_of(error), str(error))
         except Exception:
@@ -89,7 +102,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
     ) -> AsyncIterator[pb.Decision]:
         async for request in request_iterator:
             try:
-                decision = await self._decide(request, "ScreenStream")
+                decision = await self._decide(request, "ScreenStream", context.time_remaining())
             except ValidationError as error:
                 yield api.error_to_proto(request.request_id, error)
                 continue
@@ -98,19 +111,35 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             yield api.decision_to_proto(decision)
 
 
+@dataclass(frozen=True, slots=True)
+class _Session:
+    rules: ActiveRules
+    risk_data: BoundRiskData
+
+
 class Server:
-    """One serving process: gRPC server, health, metrics, and its Redis connection."""
+    """One serving process: gRPC server, health, metrics, rules, and its Redis connection."""
 
     def __init__(self, settings: Settings, redis_url: str, clock: Clock | None = None) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
         self.health = health.aio.HealthServicer()
-        self.redis = aioredis.Redis.from_url(
-            redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, health_check_interval=0
+        self.rules = RulesManager(settings.rules_dir, on_reload=self._count_reload)
+        self.redis = make_client(redis_url, cluster=settings.redis_cluster)
+        self.risk = RiskDataStore(
+            client=self.redis,
+            hasher=hasher_for(settings),
+            clock=self.clock,
+            config=RiskDataConfig(
+                budget_seconds=settings.redis_budget_ms / 1000,
+                idempotency_ms=int(settings.idempotency_hours * 3600 * 1000),
+                log_maxlen=settings.decision_log_maxlen,
+            ),
+            max_future_skew_seconds=settings.max_future_skew_seconds,
         )
-        self.rules = NoRules()
-        self.screener = Screener(rules=lambda: self.rules, risk_data=NoRiskData(), clock=self.clock)
+        fail_outcome = Outcome.BLOCK if settings.fail_policy == "block" else Outcome.WARN
+        self.screener = Screener(session=self._session, clock=self.clock, fail_outcome=fail_outcome)
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
@@ -119,9 +148,27 @@ class Server:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        self._probe: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._redis_ok: bool | None = None
         self.port = 0
+
+    @contextmanager
+    def _session(self) -> Iterator[_Session]:
+        with self.rules.lease() as active:
+            bound = self.risk.for_rules(
+                key=active.content_hash, counter_spec=active.counter_spec, where=active.where, lists=active.lists
+            )
+            yield _Session(active, bound)
+
+    def _current_lists(self) -> Watchlists:
+        active = self.rules.current
+        return Watchlists(self.redis, self.risk.hasher, active.lists)
+
+    def _count_reload(self, result: str, outcome: ReloadResult) -> None:
+        """Called from the reloading thread: metrics only (they are thread-safe)."""
+        self.metrics.rule_reloads.labels(result).inc()
+        if result == "loaded":
+            self.metrics.set_revision(outcome.revision)
 
     def _validator(self) -> Callable[[pb.ScreenRequest], ScreenRequest]:
         limits = validate.TimeBounds(
@@ -131,12 +178,18 @@ class Server:
         return lambda message: validate.screen_request(message, now=self.clock.now(), bounds=limits)
 
     async def start(self) -> None:
-        service = ScreeningService(self.screener, self._validator(), self.metrics)
+        """Load the rules (refusing to start on a broken directory), bind, and serve."""
+        active = await asyncio.to_thread(self.rules.load)
+        self.metrics.set_revision(active.revision)
+        service = ScreeningService(self.screener, self._validator(), self.metrics, self.clock)
         pb_grpc.add_ScreeningServicer_to_server(service, self._grpc)
+        admin_pb_grpc.add_WatchlistsServicer_to_server(WatchlistsService(self._current_lists, self.clock), self._grpc)
+        admin_pb_grpc.add_RulesServicer_to_server(RulesService(self._reload), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (
                 SCREENING_SERVICE,
+                *ADMIN_SERVICES,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -158,18 +211,27 @@ class Server:
         await self._grpc.start()
         for name in ("", SCREENING_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._probe = asyncio.create_task(self._probe_redis_forever(), name="redis-probe")
+        self._tasks = [
+            asyncio.create_task(self._probe_forever(), name="probe"),
+            asyncio.create_task(self.rules.watch(self.settings.rules_poll_seconds), name="rules-watch"),
+        ]
         log.info(
             "serving",
             extra={
                 "fields": {
                     "listen": self.settings.listen,
                     "metrics": self.settings.metrics_listen or "off",
-                    "ruleset_revision": self.rules.revision,
+                    "ruleset_revision": active.revision,
+                    "rules": len(active.ruleset.rules),
                     "version": __version__,
                 }
             },
         )
+
+    async def _reload(self) -> ReloadResult:
+        result = await self.rules.reload_async()
+        await self._set_health(RULES_COMPONENT, serving=not result.errors)
+        return result
 
     async def stop(self) -> None:
         """Stop taking requests; let in-flight ones finish within the grace period; release Redis."""
@@ -177,11 +239,13 @@ class Server:
         grace = self.settings.grace_seconds
         log.info("stopping", extra={"fields": {"grace_seconds": grace}})
         await self._grpc.stop(grace)
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+                await task
+        await self.risk.close()
         await self.redis.aclose()
+        self.rules.close()
         log.info("stopped")
 
     async def wait(self) -> None:
@@ -195,7 +259,7 @@ class Server:
     async def _probe_redis(self) -> None:
         try:
             ok = bool(await asyncio.wait_for(self.redis.ping(), timeout=0.5))
-        except (aioredis.RedisError, OSError, TimeoutError):
+        except (RedisError, OSError, TimeoutError):
             ok = False
         if ok != self._redis_ok:
             level = logging.INFO if ok else logging.WARNING
@@ -203,10 +267,13 @@ class Server:
             self._redis_ok = ok
         await self._set_health(REDIS_COMPONENT, serving=ok)
 
-    async def _probe_redis_forever(self) -> None:
+    async def _probe_forever(self) -> None:
+        """Every second: is Redis reachable, do the rule files on disk hold errors."""
         while True:
-            await asyncio.sleep(_REDIS_PROBE_SECONDS)
+            await asyncio.sleep(_PROBE_SECONDS)
             await self._probe_redis()
+            await self._set_health(RULES_COMPONENT, serving=not self.rules.last_errors)
+            self.metrics.unwritten_log_entries.set(self.risk.unwritten_log_entries)
 
 
 async def run(settings: Settings) -> None:
@@ -214,7 +281,7 @@ async def run(settings: Settings) -> None:
     embedded: EmbeddedRedis | None = None
     redis_url = settings.redis_url
     if settings.embedded_redis:
-        embedded = EmbeddedRedis(settings.data_dir / "redis")
+        embedded = EmbeddedRedis(embedded_dir(settings))
         await asyncio.to_thread(embedded.start)
         redis_url = embedded.url
         log.info("embedded redis-server started", extra={"fields": {"data_dir": str(embedded.data_dir)}})

@@ -151,6 +151,12 @@ SETTINGS: dict[str, SettingDoc] = {
         "Entries the decision log stream keeps (older ones are trimmed).",
     ),
     "rules_dir": SettingDoc("RISKGATE_RULES_DIR", "rules", _path, "Directory of rule, counter and watchlist files."),
+    "rules_poll_seconds": SettingDoc(
+        "RISKGATE_RULES_POLL_SECONDS",
+        "2",
+        _positive_float,
+        "How often the rules directory is checked for changes (hot reload).",
+    ),
     "data_dir": SettingDoc(
         "RISKGATE_DATA_DIR",
         "var",
@@ -203,6 +209,7 @@ class Settings:
     idempotency_hours: float
     decision_log_maxlen: int
     rules_dir: Path
+    rules_poll_seconds: float
     data_dir: Path
     hash_secret_file: str
     metrics_listen: str

@@ -10,7 +10,7 @@ from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.validate import resident_id_check_character
 
 
-def resident_id(region: str = "110105", birth: date = date(1990, 3, 7), sequence: int = 123) -> str:
+def resident_id(region: str = "310104", birth: date = date(1990, 3, 7), sequence: int = 123) -> str:
     """An 18-character resident ID number with a correct GB 11643 check character."""
     body = f"{region}{birth:%Y%m%d}{sequence:03d}"
     return body + resident_id_check_character(body)
@@ -37,7 +37,7 @@ def card_opening(request_id: str = "req-card-1", at: datetime | None = None) -> 
         card_opening=pb.CardOpening(
             applicant=person(),
             account_class=pb.ACCOUNT_CLASS_I,
-            device_id="TERM-7",
+            device_id="PHONE-7",
             identity_check=pb.IDENTITY_CHECK_PASSED,
         ),
     )

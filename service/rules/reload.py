@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from service.counters.spec import CounterSpec
-from service.domain import Reason
+from service.domain import EventKind, Reason
 from service.errors import EvaluationError, RiskgateError, SourceError
 from service.facts import Scalar
 from service.lists import ListSpec
@@ -101,6 +101,9 @@ class ActiveRules:
     @property
     def list_checks(self) -> frozenset[tuple[str, str]]:
         return self.ruleset.list_checks
+
+    def list_checks_for(self, kind: EventKind) -> frozenset[tuple[str, str]]:
+        return self.ruleset.list_checks_for(kind)
 
     def evaluate(
         self, facts: Mapping[str, Scalar], counters: Mapping[str, int | float], list_hits: ListHits

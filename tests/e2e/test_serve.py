@@ -9,6 +9,7 @@ import subprocess
 import threading
 import urllib.request
 import uuid
+from datetime import date
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from queue import Queue
@@ -145,6 +146,8 @@ def test_metrics_count_requests_without_personal_data(server: RunningServer) -> 
 
 def test_screen_command_sends_json_from_stdin(server: RunningServer) -> None:
     request = samples.sim_sale(f"cli-{uuid.uuid4()}")
+    # A buyer of their own: this module's other tests buy SIMs as the sample person.
+    request.sim_sale.buyer.id_number = samples.resident_id(birth=date(2001, 2, 3), sequence=456)
     document = json_format.MessageToJson(request)
     result = subprocess.run(
         [str(RISKGATE), "screen", "--target", server.address],

@@ -9,8 +9,8 @@ import subprocess
 import threading
 import urllib.request
 import uuid
-from datetime import date
 from collections.abc import Callable, Iterator
+from datetime import date
 from pathlib import Path
 from queue import Queue
 

@@ -41,11 +41,15 @@ class RunningServer:
         return self.process.wait(timeout)
 
 
-def wait_serving(address: str, service: str = "", timeout: float = 60.0) -> None:
+def wait_serving(
+    address: str, service: str = "", timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise TimeoutError(f"the server exited with code {process.returncode} before serving")
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -76,7 +80,7 @@ def start_server(tmp: Path, **env: str) -> RunningServer:
         )
     server = RunningServer(process, address, metrics, data_dir, log_path)
     try:
-        wait_serving(address)
+        wait_serving(address, process=process)
     except TimeoutError:
         server.terminate()
         raise AssertionError("server did not start:\n" + server.log()) from None

@@ -4,7 +4,12 @@ Public API::
 
     load_counters(path) -> CounterSpec              # raises SourceError (file:line: problem)
     counters_to_update(spec, kind, facts, predicate) -> frozenset[str]
-    CounterStore(client, spec, hasher).observe(occurred_at=, kind=, facts=, ids=, updates=)
+    store = CounterStore(client, spec, hasher, max_future_skew_seconds=300)
+    store.observe(occurred_at=, kind=, facts=, ids=, updates=) -> values     # one round trip
+    plan = store.prepare(occurred_at=, kind=, facts=, ids=, updates=)      # the same, split:
+    n = store.queue(pipe, plan); ...; store.read(plan, await store.retry_noscript(plan, replies[:n]))
+    store.prepare_retract(plan, token=) -> RetractPlan; store.queue_retract(pipe, retract)  # BLOCK
+    store.pipeline() -> DirectPipeline (single Redis) | ClusterPipeline   # the cheapest shared pipe
     KeyHasher(secret)                               # HMAC-SHA256 of everything that reaches Redis
 """
 
@@ -23,18 +28,21 @@ from service.counters.spec import (
     load_counters,
     parse_counters,
 )
-from service.counters.store import CounterStore
+from service.counters.store import CounterPlan, CounterStore, DirectPipeline, RetractPlan
 
 __all__ = [
     "Aggregate",
     "Counter",
+    "CounterPlan",
     "CounterSpec",
     "CounterStore",
+    "DirectPipeline",
     "Filter",
     "Key",
     "KeyHasher",
     "Predicate",
     "ReadAs",
+    "RetractPlan",
     "ValueInfo",
     "Window",
     "counters_to_update",

@@ -31,9 +31,11 @@ LADDER = (10, 60, 300, 900, 3600, 21600, 86400)
 # A window gets the largest granularity that still cuts it into this many
 # buckets: the bucket error is then at most 1/20 of the window.
 MIN_BUCKETS = 20
-# Validation bounds occurred_at to [now - 24 h, now + 5 min]: an event may be
-# up to this far ahead of the server's clock, which TTLs must absorb.
-FUTURE_SKEW_SECONDS = 300
+# Validation bounds occurred_at to [now - 24 h, now + max future skew]: an
+# event may be that far ahead of the server's clock, which TTLs must absorb.
+# The store takes the deployment's bound (settings.max_future_skew_seconds);
+# this is its default, the settings' default.
+DEFAULT_FUTURE_SKEW_SECONDS = 300
 SECONDS_PER_DAY = 86400
 # "No state yet" for heads and last-seen times; far below any real time.
 NOTHING = -(2**62)

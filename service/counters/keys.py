@@ -20,7 +20,7 @@ next to a clerk id is itself sensitive.
 Sizes and collision bounds.
 
 * Entity hashes (one per key of a counter, e.g. the account behind
-  `rg:c:{...}:inflow`) keep 16 bytes (128 bits) of the HMAC, written as 22
+  `rg:c2:{...}`) keep 16 bytes (128 bits) of the HMAC, written as 22
   base64url characters. Among 10^10 entities the chance that any two share a
   hash is below n^2 / 2^129 ≈ 1.5e-19.
 * distinct() members keep 8 bytes (64 bits), stored raw. Members are only
@@ -31,21 +31,36 @@ Sizes and collision bounds.
   the entity hash, so the same payer shows as different members in two
   payees' sets and Redis alone cannot link them.
 
-Key names: `rg:c:{<entity>}:<counter>`. The braces are a Redis Cluster hash
-tag: every key of one entity (all its counters, and the HyperLogLog bucket
-keys `rg:c:{<entity>}:<counter>:<window>:<bucket>` a distinct counter grows)
-lives in one slot, so one script can touch them all on a cluster.
+Key names: `rg:c2:{<entity>}` (the entity's hash, holding its count, sum and
+idle_days counters side by side) and `rg:c2:{<entity>}:<counter>` (a
+distinct() counter's set, and its HyperLogLog bucket keys
+`rg:c2:{<entity>}:<counter>:<window>:<bucket>`). `c2` is the second layout of
+counters (one hash per entity); the first one's keys (`rg:c:`) are never read
+again and expire by their TTLs. The braces are a Redis
+Cluster hash tag: every key of one entity lives in one slot, so one script
+can touch them all on a cluster.
+
+Counter tags. Inside an entity's hash each counter's fields start with the
+counter's 2-byte tag (`counter_tag`: the first bytes of SHA-256 of its
+name), so counters of one entity share one hash without long field names.
+The loader refuses two counters of one kind of entity whose tags collide.
+
+The hashes are standard HMAC-SHA256; the inner and outer SHA-256 states of
+the key are computed once (`hmac.digest` would redo them per call).
 """
 
 from __future__ import annotations
 
-import base64
-import hmac
+import binascii
+import hashlib
 from collections.abc import Iterable
 
 ENTITY_BYTES = 16
 MEMBER_BYTES = 8
 MIN_SECRET_BYTES = 16
+TAG_BYTES = 2
+
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 # Field leaf -> entity domain. A leaf not listed is its own domain (the full
 # field name), which keeps unrelated fields apart.
@@ -76,6 +91,11 @@ def field_domain(field: str) -> str:
     return _LEAF_DOMAINS.get(leaf, field)
 
 
+def counter_tag(name: str) -> bytes:
+    """The 2-byte prefix of a counter's fields inside its entity's hash (stable across files)."""
+    return hashlib.sha256(name.encode("utf-8")).digest()[:TAG_BYTES]
+
+
 def _frame(parts: Iterable[tuple[str, str]]) -> bytes:
     """An unambiguous encoding of (domain, value) pairs: each string length-prefixed."""
     chunks: list[bytes] = []
@@ -89,21 +109,35 @@ def _frame(parts: Iterable[tuple[str, str]]) -> bytes:
 class KeyHasher:
     """HMAC-SHA256 under one secret: entity hashes, member hashes and counter key names."""
 
-    __slots__ = ("_secret", "prefix")
+    __slots__ = ("_inner", "_outer", "prefix")
 
     def __init__(self, secret: bytes, *, prefix: str = "rg") -> None:
         if len(secret) < MIN_SECRET_BYTES:
             raise ValueError(f"the hashing secret must have at least {MIN_SECRET_BYTES} bytes")
-        self._secret = bytes(secret)
+        # HMAC (RFC 2104) with the keyed inner and outer states precomputed.
+        key = bytes(secret)
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         self.prefix = prefix
+
+    def _hmac(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def __repr__(self) -> str:  # never show the secret
         return f"KeyHasher(prefix={self.prefix!r})"
 
     def entity(self, parts: Iterable[tuple[str, str]]) -> str:
         """22 base64url characters naming the entity whose key parts are (domain, value) pairs."""
-        digest = hmac.digest(self._secret, b"k" + _frame(parts), "sha256")
-        return base64.urlsafe_b64encode(digest[:ENTITY_BYTES]).rstrip(b"=").decode("ascii")
+        digest = self._hmac(b"k" + _frame(parts))
+        # 16 bytes are 22 base64 characters and 2 of padding
+        return binascii.b2a_base64(digest[:ENTITY_BYTES], newline=False)[:22].translate(_URLSAFE).decode("ascii")
 
     def identifier(self, field: str, value: str) -> str:
         """The hash of one identifier, e.g. for watchlist members or the decision log.
@@ -114,9 +148,12 @@ class KeyHasher:
 
     def member(self, entity: str, domain: str, value: str) -> bytes:
         """8 raw bytes standing for `value` inside the distinct() set of `entity`."""
-        digest = hmac.digest(self._secret, b"m" + _frame(((domain, value),)) + entity.encode("ascii"), "sha256")
-        return digest[:MEMBER_BYTES]
+        return self._hmac(b"m" + _frame(((domain, value),)) + entity.encode("ascii"))[:MEMBER_BYTES]
+
+    def entity_key(self, entity: str) -> str:
+        """`rg:c2:{<entity>}`: the entity's hash; the braces make it a Redis Cluster hash tag."""
+        return f"{self.prefix}:c2:{{{entity}}}"
 
     def counter_key(self, entity: str, counter: str) -> str:
-        """`rg:c:{<entity>}:<counter>`; the braces make it a Redis Cluster hash tag."""
-        return f"{self.prefix}:c:{{{entity}}}:{counter}"
+        """`rg:c2:{<entity>}:<counter>`: a distinct() counter's set, in its entity's slot."""
+        return f"{self.prefix}:c2:{{{entity}}}:{counter}"

@@ -78,9 +78,24 @@ Semantics
   and the values returned are after the update: at the third bank,
   `banks_30d` is 3 ("this is the 3rd bank"). Blocked attempts are counted
   too: being turned away at three banks today is itself a signal.
+* **Active counts exclude blocked openings.** A counter with
+  ``decrement_on`` counts what exists (class-I accounts held, SIMs active),
+  and a BLOCKed opening never opens anything. Its increment is made before
+  the decision like every other one (so the event's own value reads "this
+  would be the 2nd class-I account"), and when the decision is BLOCK the
+  caller sends `CounterStore.prepare_retract(plan)` in its post-decision
+  round trip: that subtracts exactly the amounts this event added to its
+  ``decrement_on`` counters (never below 0) and touches nothing else, so
+  attempt counters such as `banks_30d` keep the blocked attempt. Given a
+  token (the request's idempotency key), a retract sent twice undoes once
+  for 48 hours; without one, each send subtracts again. A blocked closure
+  is not undone: its decrement may have stopped at 0, so adding 1 back
+  could overcount.
 * **Event time** is the request's `occurred_at` (whole seconds, UTC), which
-  validation bounds to [server now - 24 h, server now + 5 min], so a wrong
-  client clock cannot push counters far into the future or past.
+  validation bounds to [server now - 24 h, server now + max future skew]
+  (`RISKGATE_MAX_FUTURE_SKEW_SECONDS`, default 5 min; the store is given
+  the same bound for its TTLs), so a wrong client clock cannot push
+  counters far into the future or past.
 * **Who updates, who reads.** A counter is UPDATED by events of its ``on``
   kinds (``decrement_on``: decremented) whose ``where`` holds and whose key
   fields and aggregate field are present (an absent or empty value, e.g.
@@ -134,6 +149,13 @@ Semantics
   newest change nothing. For rule 24 (dormant account): `out_idle_24h >= 180`.
 * **Decrements** (``decrement_on``) subtract 1 per event, flooring at 0 (a
   closure of a card opened before the service kept counts).
+* **Storage.** All count, sum and idle_days counters of one entity (one key
+  value, e.g. one account) live in one Redis hash, each under its 2-byte
+  tag (`service.counters.keys.counter_tag`); two counters kept for the
+  same kind of entity must not share a tag (the loader says which to
+  rename). A distinct() counter keeps its newest time there too, and its
+  member while it has one; from two members on, a set of its own. Layout
+  and costs: `service.counters.store`.
 * Hashes of identifiers, never identifiers, reach Redis
   (`service.counters.keys`).
 """
@@ -151,7 +173,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from service.counters.kernels import LADDER, granularity_for
-from service.counters.keys import field_domain
+from service.counters.keys import counter_tag, field_domain
 from service.domain import EventKind
 from service.errors import SourceError, SourceProblem
 from service.facts import FIELDS, FieldType, Scalar
@@ -472,6 +494,7 @@ class _Loader:
                 self.problem(items.line, "'counters' must be a list of counter declarations")
             else:
                 counters = self.counters(items)
+        self.check_tags(counters)
         values = self.value_infos(counters)
         if self.problems:
             self.problems.sort(key=lambda p: p.line)
@@ -548,6 +571,20 @@ class _Loader:
             file=self.file,
             line=node.line,
         )
+
+    def check_tags(self, counters: list[Counter]) -> None:
+        """Counters of one kind of entity share its hash, each under its tag: tags must differ."""
+        owners: dict[tuple[tuple[str, ...], bytes], Counter] = {}
+        for counter in counters:
+            slot = (counter.key.domains, counter_tag(counter.name))
+            first = owners.setdefault(slot, counter)
+            if first is not counter:
+                self.problem(
+                    counter.line,
+                    f"counter '{counter.name}': its storage tag equals that of counter '{first.name}' "
+                    f"(line {first.line}), which is kept for the same kind of entity "
+                    f"({', '.join(counter.key.domains)}); rename one of them",
+                )
 
     @staticmethod
     def line_of(node: _Map, key: str) -> int:

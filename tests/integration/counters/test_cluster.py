@@ -43,7 +43,7 @@ async def test_shipped_counters_work_on_a_cluster(cluster: RedisCluster, shipped
     assert abs(sent["payers_into_payer_1h"] - 70) <= 2
     assert sent["inflow_to_payer_30m"] == 70_000
     assert sent["pair_payments_all"] == 1
-    keys = [key async for key in cluster.scan_iter(match="rg:c:*", count=1000)]
+    keys = [key async for key in cluster.scan_iter(match="rg:c2:*", count=1000)]
     nodes = {getattr(cluster.get_node_from_key(key), "name", None) for key in keys}
     assert len(nodes) == 3  # entities spread over all masters
     for key in keys:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 
 import pytest
 
-from service.counters.keys import ENTITY_BYTES, MEMBER_BYTES, KeyHasher, field_domain
+from service.counters.keys import ENTITY_BYTES, MEMBER_BYTES, KeyHasher, counter_tag, field_domain
 
 SECRET = bytes(range(32))
 ID = "11010519900307123X"
@@ -69,11 +72,30 @@ def test_members_are_short_and_unlinkable_across_entities() -> None:
 def test_counter_key_carries_a_cluster_hash_tag() -> None:
     hasher = KeyHasher(SECRET)
     entity = hasher.entity([("id_number", ID)])
-    assert hasher.counter_key(entity, "banks") == f"rg:c:{{{entity}}}:banks"
-    assert KeyHasher(SECRET, prefix="t").counter_key(entity, "x").startswith("t:c:{")
+    assert hasher.counter_key(entity, "banks") == f"rg:c2:{{{entity}}}:banks"
+    assert KeyHasher(SECRET, prefix="t").counter_key(entity, "x").startswith("t:c2:{")
 
 
 def test_short_secret_refused_and_never_shown() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         KeyHasher(b"short")
     assert SECRET.hex() not in repr(KeyHasher(SECRET))
+
+
+def test_hashes_are_standard_hmac_sha256() -> None:
+    for secret in (SECRET, bytes(range(64)), bytes(range(100))):  # short, block-sized, hashed first
+        hasher = KeyHasher(secret)
+        framed = b"k" + b"2:id%d:%b" % (len(ID), ID.encode())
+        expected = base64.urlsafe_b64encode(hmac.digest(secret, framed, "sha256")[:16]).rstrip(b"=").decode()
+        assert hasher.entity([("id", ID)]) == expected
+        entity = hasher.entity([("id", ID)])
+        member = b"m" + b"5:phone%d:%b" % (len(PHONE), PHONE.encode()) + entity.encode()
+        assert hasher.member(entity, "phone", PHONE) == hmac.digest(secret, member, "sha256")[:8]
+
+
+def test_counter_tags_and_entity_keys() -> None:
+    assert counter_tag("banks") == hashlib.sha256(b"banks").digest()[:2] != counter_tag("bank")
+    hasher = KeyHasher(SECRET)
+    entity = hasher.entity([("id_number", ID)])
+    assert hasher.entity_key(entity) == f"rg:c2:{{{entity}}}"
+    assert hasher.counter_key(entity, "banks").startswith(hasher.entity_key(entity) + ":")

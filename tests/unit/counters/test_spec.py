@@ -112,6 +112,13 @@ BAD: dict[str, list[tuple[int, str]]] = {
     "yaml_syntax": [(5, "YAML syntax error: expected ',' or ']', but got ':'")],
     "not_a_mapping": [(1, "expected a mapping with a 'counters' list")],
     "idle_all": [(6, "counter 'out_idle': idle_days needs a run gap window such as 24h, not 'all'")],
+    "tag_collision": [
+        (
+            7,
+            "counter 'sends_168': its storage tag equals that of counter 'sends_45' (line 2), "
+            "which is kept for the same kind of entity (account); rename one of them",
+        )
+    ],
 }
 
 
@@ -340,3 +347,25 @@ def test_where_keeps_text_and_line() -> None:
     counter = parse_counters(text, "n.yaml").counters[0]
     assert counter.where_for(T) == Filter("local_hour < 5", "n.yaml", 8)
     assert counter.where_for(K) is None
+
+
+def test_equal_tags_are_fine_for_different_kinds_of_entity() -> None:
+    # sends_45 and sends_168 share a storage tag (see the tag_collision fixture), but kept for an
+    # account and for an ID number they never meet in one hash
+    spec = parse_counters(
+        """
+counters:
+  - name: sends_45
+    on: transfer
+    key: transfer.payer_account
+    aggregate: count
+    windows: [1h]
+  - name: sends_168
+    on: transfer
+    key: payer.id_number
+    aggregate: count
+    windows: [1h]
+""",
+        "c.yaml",
+    )
+    assert [c.name for c in spec.counters] == ["sends_45", "sends_168"]

@@ -38,12 +38,12 @@ from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from service.clock import Clock
 from service.counters.keys import KeyHasher
 from service.counters.spec import CounterSpec, Predicate, counters_to_update
-from service.counters.store import CounterPlan, CounterStore
+from service.counters.store import CounterPlan, CounterStore, RetractPlan
 from service.decisions import LOG_STREAM, decode_decision, encode_decision, log_entry
 from service.domain import Decision, Outcome, ScreenRequest
 from service.errors import InFlight, StoreUnavailable
@@ -126,7 +126,7 @@ class RiskDataStore:
         self.config = config
         self.max_future_skew_seconds = max_future_skew_seconds
         self.breaker = CircuitBreaker(clock)
-        self._pending_log: deque[dict[str, str]] = deque(maxlen=PENDING_LOG_LIMIT)
+        self._pending_log: deque[dict[str, str]] = deque(maxlen=PENDING_LOG_LIMIT)  # oldest dropped first
         self._bound: dict[str, BoundRiskData] = {}
 
     def for_rules(
@@ -176,15 +176,6 @@ class RiskDataStore:
         entity = self.hasher.entity((("institution", request.outlet.institution_id), ("request", request.request_id)))
         return f"{self.hasher.prefix}:r:{{{entity}}}"
 
-    async def claim(self, key: str, mark: bytes) -> bytes | None:
-        """The stored decision (or another attempt's pending mark) for `key`, or None after claiming it.
-
-        EVAL rather than EVALSHA: Redis caches the compiled script either way,
-        and a restarted Redis can never answer NOSCRIPT.
-        """
-        stored = await self.client.eval(_CLAIM, 1, key, mark, PENDING_CLAIM_MS)
-        return stored if isinstance(stored, bytes) else None
-
     async def await_other_attempt(self, key: str, deadline: float | None) -> Decision:
         """Another attempt of this request holds the claim: wait (within limits) for its decision."""
         give_up = self.clock.monotonic() + max(self.config.budget_seconds * 50, 0.5)
@@ -203,15 +194,20 @@ class RiskDataStore:
     def log_key(self) -> str:
         return f"{self.hasher.prefix}:log:{LOG_STREAM}"
 
-    def queue_log(self, pipe: Any, entry: Mapping[str, str]) -> None:
-        while self._pending_log:
-            pipe.xadd(self.log_key, self._pending_log.popleft(), maxlen=self.config.log_maxlen, approximate=True)
-        pipe.xadd(self.log_key, dict(entry), maxlen=self.config.log_maxlen, approximate=True)
+    def queue_log(self, pipe: Any, entry: dict[str, str]) -> list[dict[str, str]]:
+        """Queue the entries left over from an outage, then `entry`; returns what was queued."""
+        entries = [*self._pending_log, entry]
+        self._pending_log.clear()
+        for item in entries:
+            fields = [part for pair in item.items() for part in pair]
+            pipe.execute_command("XADD", self.log_key, "MAXLEN", "~", self.config.log_maxlen, "*", *fields)
+        return entries
 
-    def keep_for_later(self, entry: dict[str, str]) -> None:
-        if len(self._pending_log) == self._pending_log.maxlen:
-            log.error("decision log buffer full: the oldest unwritten entry is dropped")
-        self._pending_log.append(entry)
+    def keep_for_later(self, entries: list[dict[str, str]]) -> None:
+        overflow = len(self._pending_log) + len(entries) - PENDING_LOG_LIMIT
+        if overflow > 0:
+            log.error("decision log buffer full: %d oldest unwritten entries dropped", overflow)
+        self._pending_log.extend(entries)
 
     @property
     def unwritten_log_entries(self) -> int:
@@ -222,9 +218,10 @@ class RiskDataStore:
         if self._pending_log:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 pipe = self.client.pipeline(transaction=False)
-                while self._pending_log:
-                    pipe.xadd(self.log_key, self._pending_log.popleft(), maxlen=self.config.log_maxlen)
+                for item in self._pending_log:
+                    pipe.xadd(self.log_key, item, maxlen=self.config.log_maxlen, approximate=True)
                 await asyncio.wait_for(pipe.execute(), timeout=2.0)
+                self._pending_log.clear()
 
 
 class BoundRiskData:
@@ -256,7 +253,7 @@ class BoundRiskData:
         key = store.request_key(request)
         mark = _PENDING + uuid.uuid4().hex.encode()
         try:
-            stored: bytes | None = await store.bounded(store.claim(key, mark), deadline)
+            stored: bytes | None = await store.bounded(self._claim(key, mark), deadline)
         except StoreUnavailable as error:
             log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "claim"}})
             return Observation(degraded=True, claim=mark)
@@ -278,11 +275,24 @@ class BoundRiskData:
             return Observation(degraded=True, claim=mark)
         return Observation(counters=counters, list_hits=hits, claim=mark, plan=plan)
 
+    async def _claim(self, key: str, mark: bytes) -> bytes | None:
+        """The stored decision (or another attempt's pending mark) for `key`, or None after claiming it.
+
+        EVAL rather than EVALSHA: Redis caches the compiled script either way,
+        and a restarted Redis can never answer NOSCRIPT.
+        """
+        pipe = self._counters.pipeline()
+        pipe.execute_command("EVAL", _CLAIM, 1, key, mark, PENDING_CLAIM_MS)
+        (stored,) = await pipe.execute(raise_on_error=False)
+        if isinstance(stored, BaseException):
+            raise StoreUnavailable(f"redis: {stored}") from stored
+        return stored if isinstance(stored, bytes) else None
+
     async def _read(
         self, plan: CounterPlan, lookups: Mapping[str, list[tuple[str, str]]], request: ScreenRequest
     ) -> tuple[dict[str, int | float], dict[tuple[str, str], bool]]:
         """Counters and watchlist look-ups in one pipelined round trip."""
-        pipe = self._store.client.pipeline(transaction=False)
+        pipe = self._counters.pipeline()
         queued = self._counters.queue(pipe, plan)
         self._lists.queue_lookups(pipe, lookups)
         replies = await pipe.execute(raise_on_error=False)
@@ -306,25 +316,31 @@ class BoundRiskData:
             list_hits=observation.list_hits,
         )
         if not store.breaker.allow():
-            store.keep_for_later(entry)
+            store.keep_for_later([entry])
             return
-        pipe = store.client.pipeline(transaction=False)
+        pipe = self._counters.pipeline()
+        queued = 0
         if observation.claim:
-            pipe.eval(
-                _RECORD,
-                1,
-                store.request_key(request),
-                observation.claim,
-                encode_decision(decision),
-                store.config.idempotency_ms,
+            key = store.request_key(request)
+            pipe.execute_command(
+                "EVAL", _RECORD, 1, key, observation.claim, encode_decision(decision), store.config.idempotency_ms
             )
+            queued += 1
+        retract: RetractPlan | None = None
+        retracted = 0
         if decision.outcome is Outcome.BLOCK and isinstance(observation.plan, CounterPlan):
             # A blocked opening never happened: it must not count as an account or SIM held.
             retract = self._counters.prepare_retract(observation.plan, token=store.request_key(request))
-            self._counters.queue_retract(pipe, retract)
-        store.queue_log(pipe, entry)
+            retracted = self._counters.queue_retract(pipe, retract)
+        entries = store.queue_log(pipe, entry)
         try:
-            await store.bounded(pipe.execute(), None)
+            replies = await store.bounded(pipe.execute(raise_on_error=False), None)
+            if retract is not None:
+                # A NOSCRIPT retract did not run: load the script and send just it again.
+                await self._counters.retry_noscript(retract, replies[queued : queued + retracted])
+            errors = [reply for reply in replies if isinstance(reply, BaseException)]
+            if errors and not all(isinstance(e, NoScriptError) for e in errors):
+                raise StoreUnavailable(f"redis: {errors[0]}")
         except StoreUnavailable as error:
             log.warning("decision not recorded yet: %s", error, extra={"fields": {"step": "record"}})
-            store.keep_for_later(entry)
+            store.keep_for_later(entries)

@@ -232,3 +232,24 @@ def test_screening_against_a_redis_cluster(redis_cluster_url: str, tmp_path: Pat
         assert _evidence(decisions[2], "K05")["banks_30d"] == "3"
     finally:
         assert server.terminate() == 0
+
+
+def test_a_blocked_opening_does_not_count_as_an_account_held(own_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    server = _external_server(tmp_path, own_redis.url)
+    try:
+        id_number = samples.resident_id(birth=date(1980, 1, 2), sequence=404)
+        with server.channel() as channel:
+            stub = pb_grpc.ScreeningStub(channel)
+            first = stub.Screen(_opening(id_number, "BANK_A"), timeout=5)
+            second = stub.Screen(_opening(id_number, "BANK_A"), timeout=5)
+            closure = samples.closure(f"close-{uuid.uuid4()}")
+            closure.closure.holder.id_number = id_number
+            stub.Screen(closure, timeout=5)
+            after_closing = stub.Screen(_opening(id_number, "BANK_A"), timeout=5)
+        assert first.outcome != pb.OUTCOME_BLOCK
+        assert second.outcome == pb.OUTCOME_BLOCK
+        assert _evidence(second, "K04")["class1_accounts_all"] == "2"
+        # The blocked second opening was undone: after closing the one real account, none is held.
+        assert not any(r.rule_id.startswith("K04") for r in after_closing.reasons)
+    finally:
+        assert server.terminate() == 0

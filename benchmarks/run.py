@@ -1,0 +1,117 @@
+"""`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
+
+    python -m benchmarks.run [--quick] [--only e2e,rules,counters] [--out PATH]
+
+1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
+   half that load, ScreenStream against the echo stream, and the server's memory;
+2. rules alone (`benchmarks.rules_bench`): our durable_rules adapter against GoRules ZEN;
+3. counters alone (`benchmarks.counters_bench`, run as its own process): the counter round trip and
+   Redis memory per entity at full windows.
+
+Loopback only; bounded (about 6-7 minutes on a 2-core machine, `--quick` about 2). Every result
+carries the versions (Python, grpcio, redis-server, durable_rules, zen-engine, ...) and the machine
+(cores, CPU model). The machines are shared and noisy: compare ratios from one run, not absolute
+figures across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import e2e, rules_bench
+from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
+
+PARTS = ("e2e", "rules", "counters")
+_COUNTERS_TIMEOUT = 240
+
+
+def run_e2e(quick: bool) -> Json:
+    cfg = e2e.QUICK if quick else e2e.E2EConfig()
+    with tempfile.TemporaryDirectory(prefix="rg-bench-pool-") as tmp:
+        pool = e2e.make_pool(Path(tmp) / "pool.bin", cfg.pool_events, cfg.seed)
+        figures = e2e.bench(cfg, pool)
+    figures["traffic"] = {"seed": cfg.seed, "events": pool.events, "kinds": pool.kinds, "mean_bytes": pool.mean_bytes}
+    figures["e2e.config"] = cfg.__dict__
+    return figures
+
+
+def run_rules(quick: bool) -> Json:
+    return rules_bench.bench(events=1000 if quick else 5000, repeats=3 if quick else 5)
+
+
+def run_counters(quick: bool) -> Json:
+    """The counters bench in its own process (it owns its redis-server and event loop)."""
+    with tempfile.TemporaryDirectory(prefix="rg-bench-counters-") as tmp:
+        out = Path(tmp) / "counters.json"
+        argv = [sys.executable, "-m", "benchmarks.counters_bench", "--json", str(out)]
+        if quick:
+            argv += ["--events", "500", "--repeats", "2"]
+        subprocess.run(argv, cwd=REPO, check=True, timeout=_COUNTERS_TIMEOUT)
+        figures: Json = json.loads(out.read_text())
+    figures["counters.versions"] = figures.pop("versions", {})
+    figures.pop("machine", None)
+    return figures
+
+
+RUNNERS: dict[str, Callable[[bool], Json]] = {"e2e": run_e2e, "rules": run_rules, "counters": run_counters}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs of everything (a smoke test, ~2 min)")
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--out", default=str(LATEST), help=f"results file (default {LATEST.relative_to(REPO)})")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; choose from {PARTS}")
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "revision": git_revision(),
+        "quick": args.quick,
+        "versions": versions(),
+        "machine": machine(),
+    }
+    print(
+        f"bench: {results['revision']} python {results['versions']['python']} grpcio {results['versions']['grpcio']} "
+        f"redis-server {results['versions']['redis_server']} durable_rules {results['versions']['durable_rules']} "
+        f"zen-engine {results['versions']['zen_engine']}; {results['machine']['cores']} cores "
+        f"{results['machine']['model']}, load {results['machine']['load1_at_start']}",
+        flush=True,
+    )
+    failed: dict[str, str] = {}
+    durations: dict[str, float] = {}
+    for part in parts:
+        part_started = time.monotonic()
+        try:
+            results.update(RUNNERS[part](args.quick))
+        except Exception as error:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            failed[part] = f"{type(error).__name__}: {error}"
+            print(f"{part}: FAILED ({failed[part]})", flush=True)
+        durations[part] = round(time.monotonic() - part_started, 1)
+    results["durations_seconds"] = durations
+    results["failed"] = failed
+    path = write_results(results, Path(args.out))
+    print(
+        f"bench: {len(parts) - len(failed)}/{len(parts)} benchmarks in {time.monotonic() - started:.0f}s; "
+        f"wrote {path.relative_to(REPO) if path.is_relative_to(REPO) else path}",
+        flush=True,
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

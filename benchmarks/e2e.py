@@ -43,6 +43,7 @@ from benchmarks.traffic import PoolInfo, PoolSlice, repeats_needed, write_pool
 
 # The scripts (whose time includes the commands they call) and the commands the service sends itself.
 _TOP_LEVEL = ("eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "xadd", "hmget")
+MACHINE_BOUND = 0.85  # share of all cores busy from which a run is bound by the machine
 _MAX_RPS_PER_RUN = 6000.0  # sizes the request lists: no run may run dry below this rate
 
 
@@ -182,6 +183,9 @@ def saturation(s: _Session) -> Json:
         "unary.machine_busy_fraction_echo": rounded(median([f.machine_busy_fraction for f in echoes]), 2),
         "unary.client_saturated_screen": any(f.client_saturated for f in sat),
         "unary.client_saturated_echo": any(f.client_saturated for f in echoes),
+        # All cores near busy (server, clients, Redis together): the machine, not one process, set the pace.
+        "unary.machine_bound_screen": median([f.machine_busy_fraction for f in sat]) >= MACHINE_BOUND,
+        "unary.machine_bound_echo": median([f.machine_busy_fraction for f in echoes]) >= MACHINE_BOUND,
         "unary.ran_dry": any(f.ran_dry for f in sat + echoes),
         "unary.runs": {"screen": [f.describe() for f in sat], "echo": [f.describe() for f in echoes]},
     }
@@ -193,6 +197,7 @@ def saturation(s: _Session) -> Json:
         f"{out['unary.redis_process_cpu_us_per_screen']} us process; degraded {out['unary.degraded_share']:.2%}; "
         f"client {out['unary.client_cpu_us_per_screen']} us/screen, {out['unary.client_cpu_us_per_echo']} us/echo; "
         f"machine busy {out['unary.machine_busy_fraction_screen']:.0%} / {out['unary.machine_busy_fraction_echo']:.0%}"
+        f"{'; echo MACHINE-BOUND' if out['unary.machine_bound_echo'] else ''}"
         f"{'; CLIENT SATURATED (echo)' if out['unary.client_saturated_echo'] else ''}"
         f"{'; CLIENT SATURATED (screen)' if out['unary.client_saturated_screen'] else ''}"
     )
@@ -289,6 +294,8 @@ def streams(s: _Session) -> Json:
         "stream.echo_server_cpu_us_per_message": rounded(median([f.server_cpu_us_per_req or 0.0 for f in echo])),
         "stream.client_cpu_core_fraction": rounded(median([f.client_cpu_core_fraction for f in screen]), 2),
         "stream.client_saturated": any(f.client_saturated for f in screen + echo),
+        "stream.machine_bound_echo": median([f.machine_busy_fraction for f in echo]) >= MACHINE_BOUND,
+        "stream.echo_client_cpu_core_fraction": rounded(median([f.client_cpu_core_fraction for f in echo]), 2),
         "stream.runs": {"screen": [f.describe() for f in screen], "echo": [f.describe() for f in echo]},
     }
     _print(

@@ -8,7 +8,7 @@
 3. counters alone (`benchmarks.counters_bench`, run as its own process): the counter round trip and
    Redis memory per entity at full windows.
 
-Loopback only; bounded (about 6-7 minutes on a 2-core machine, `--quick` about 2). Every result
+Loopback only; bounded (about 5 minutes on a 2-core machine, `--quick` about 1.5). Every result
 carries the versions (Python, grpcio, redis-server, durable_rules, zen-engine, ...) and the machine
 (cores, CPU model). The machines are shared and noisy: compare ratios from one run, not absolute
 figures across runs.

@@ -11,8 +11,13 @@ Per request, in order:
 2. **Counters and watchlists**: the counter scripts and the list look-ups
    go out together (see `service.counters.store`, `service.lists`).
 3. **Record**: the decision under the request id (for retries, for
-   `RISKGATE_IDEMPOTENCY_HOURS`) and an entry in the decision log stream,
-   in one pipelined round trip.
+   `RISKGATE_IDEMPOTENCY_HOURS`; only if this attempt holds the claim, or
+   nobody does), the undo of a BLOCKed opening's active counts, and an
+   entry in the decision log stream, in one pipelined round trip.
+
+All three use the counter store's pipeline (`CounterStore.pipeline`): on a
+single Redis a direct exchange on a held connection, on Redis Cluster the
+client's pipeline.
 
 Degraded, never silent: each round trip has a budget
 (`RISKGATE_REDIS_BUDGET_MS`, shortened to fit the caller's deadline). When

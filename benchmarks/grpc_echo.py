@@ -314,7 +314,7 @@ async def _run_client(index: int, cfg: LoadConfig, sync: _Sync, report: _ClientR
             while may_issue():
                 report.issued += 1
                 request = requests[i % n_requests]
-                i += 1
+                i += cfg.inflight  # slots interleave: each request is sent once per pass
                 t0 = time.monotonic()
                 try:
                     await call(request, timeout=cfg.call_timeout)
@@ -333,7 +333,7 @@ async def _run_client(index: int, cfg: LoadConfig, sync: _Sync, report: _ClientR
                 while may_issue():
                     report.issued += 1
                     request = requests[i % n_requests]
-                    i += 1
+                    i += cfg.inflight  # slots interleave: each request is sent once per pass
                     t0 = time.monotonic()
                     await call.write(request)
                     response = await call.read()

@@ -1,12 +1,14 @@
 """Where the server's time goes: py-spy samples of one saturated run, sorted into the screening's steps.
 
-    python -m benchmarks.profile [--seconds 10] [--rate 100] [--folded PATH] [--json PATH]
+    python -m benchmarks.profile [--seconds 10] [--rate 100] [--nonblocking] [--folded PATH] [--json PATH]
 
 Starts the stack of `benchmarks.e2e` (redis-server + `riskgate serve`, shipped rules), saturates it
 with the same load generator (3 client processes × 8 calls in flight, `riskgate synth` requests),
-and meanwhile samples the server with py-spy (`py-spy record --nonblocking --format raw`, Python
-frames, idle threads left out; installed into the venv when missing). Server CPU per screening and
-per thread come from /proc over the same seconds.
+and meanwhile samples the server with py-spy (`py-spy record --format raw`, Python frames, idle
+threads left out; installed into the venv when missing). py-spy pauses the server for each sample:
+without that (`--nonblocking`) the stacks of coroutines resumed from C (grpc.aio's Cython, asyncio's
+C tasks) often come out cut short at the loop, and half the time looks like gRPC's. Server CPU per
+screening and per thread come from /proc over the same seconds.
 
 Each sample is put in one step of the pipeline (`STAGES`: the first step, in that order, that one
 of its frames names), and separately in one component (`COMPONENTS`: the code base of the innermost
@@ -74,7 +76,7 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 GRPC = "gRPC (grpc.aio Cython, protobuf parse/serialise) + asyncio loop"
 # `asyncio.wait_for` runs its awaitable in a new task, whose samples start at the loop, not at the step
 # that awaited it: Redis work seen only that way is a step of its own.
-DETACHED_REDIS = "risk data: Redis I/O in tasks of their own (step not visible)"
+DETACHED_REDIS = "risk data: Redis I/O whose step the stack does not show"
 _REDIS_CODE = ("(redis/", "(service/counters/", "(service/lists.py")
 _LINE = re.compile(r":\d+\)$")
 
@@ -199,14 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--inflight", type=int, default=8)
     parser.add_argument(
-        "--blocking", action="store_true", help="pause the server for each sample (exact stacks, more overhead)"
+        "--nonblocking",
+        action="store_true",
+        help="sample without pausing the server (cheaper, but stacks of resumed coroutines come out cut short)",
     )
     parser.add_argument("--folded", help="also write the folded stacks (flamegraph.pl / speedscope input) here")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 60 or not 10 <= args.rate <= 1000:
         parser.error("--seconds 1..60, --rate 10..1000")
-    figures = profile(args.seconds, args.rate, args.clients, args.inflight, pool_events=20_000, blocking=args.blocking)
+    figures = profile(
+        args.seconds, args.rate, args.clients, args.inflight, pool_events=20_000, blocking=not args.nonblocking
+    )
     folded = figures.pop("profile.folded")
     if args.folded:
         Path(args.folded).write_text(folded)

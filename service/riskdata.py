@@ -166,8 +166,8 @@ class RiskDataStore:
                 work.close()
             raise StoreUnavailable("redis: circuit open after repeated failures")
         try:
-            # asyncio.timeout, not wait_for: wait_for wraps the work in a new Task on every call,
-            # which cost more CPU than the Redis client itself on the screening path.
+            # asyncio.timeout rather than wait_for, which wraps the work in a Task per call
+            # (measured end to end: 1.04x, within noise, but never worse).
             async with asyncio.timeout(self.budget(deadline)):
                 result: T = await work
         except (RedisError, OSError, TimeoutError, StoreUnavailable) as error:

@@ -327,9 +327,9 @@ class BoundRiskData:
             store.keep_for_later([entry])
             return
         pipe = self._counters.pipeline()
+        key = store.request_key(request)
         queued = 0
         if observation.claim:
-            key = store.request_key(request)
             pipe.execute_command(
                 "EVAL", _RECORD, 1, key, observation.claim, encode_decision(decision), store.config.idempotency_ms
             )
@@ -338,7 +338,7 @@ class BoundRiskData:
         retracted = 0
         if decision.outcome is Outcome.BLOCK and isinstance(observation.plan, CounterPlan):
             # A blocked opening never happened: it must not count as an account or SIM held.
-            retract = self._counters.prepare_retract(observation.plan, token=store.request_key(request))
+            retract = self._counters.prepare_retract(observation.plan, token=key)
             retracted = self._counters.queue_retract(pipe, retract)
         entries = store.queue_log(pipe, entry)
         try:

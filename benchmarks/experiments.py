@@ -10,12 +10,8 @@ throughput and server CPU per screening (with the collector's share, measured in
 
 Patches:
 
-* ``redis-py``: the risk data as it was before commit 7a24e93 ("Risk data rides the counter store's
-  direct pipeline"): redis-py for the three round trips, `asyncio.wait_for` for their budget. Run
-  against the service as it is, it measures that change (the README's before/after).
-* ``no-claim``: what if the request-id claim were not a round trip of its own (it is skipped: not
-  a fix, retries would count twice): the price of one Redis round trip, i.e. the gain of folding
-  the claim into the counters' round trip.
+* ``separate-claim``: the request-id claim as a round trip of its own before the counters' (as on
+  Redis Cluster, and on a single Redis before it was folded into the counter script).
 * ``record-batched``: the record round trip (idempotency record, decision log) taken off the
   request path and batched over the requests of one loop iteration (see `patch_record_batched`).
 * ``gc``: once serving, `gc.collect()` and `gc.freeze()` (see `patch_gc`); ``gc-threshold``: the
@@ -30,7 +26,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,7 +37,7 @@ from benchmarks.servers import SCREEN_METHOD, ScreeningStack
 from benchmarks.traffic import PoolSlice, repeats_needed, write_pool
 
 T = TypeVar("T")
-PATCHES = ("gc", "gc-threshold", "redis-py", "no-claim", "record-batched")
+PATCHES = ("gc", "gc-threshold", "separate-claim", "record-batched")
 
 
 def patch_gc(threshold: int | None = None) -> None:
@@ -65,91 +61,12 @@ def patch_gc(threshold: int | None = None) -> None:
     server.Server.start = start  # type: ignore[method-assign]
 
 
-def patch_redis_py() -> None:
-    """The risk data as it was before commit 7a24e93: each round trip through redis-py (a command for
-    the claim, pipelines for the counters and for the record), bounded with `asyncio.wait_for`."""
-    from redis.exceptions import RedisError
+def patch_separate_claim() -> None:
+    """The request-id claim as a round trip of its own before the counters', as before the claim
+    was folded into the counter script (and as on Redis Cluster): measures that change."""
+    from service.counters.store import CounterStore
 
-    from service import riskdata as riskdata_module
-    from service.counters.store import CounterPlan
-    from service.decisions import encode_decision, log_entry
-    from service.domain import Decision, Outcome, ScreenRequest
-    from service.errors import StoreUnavailable
-
-    riskdata: Any = riskdata_module  # its private scripts are used as they are
-
-    async def bounded(self: Any, work: Awaitable[T], deadline: float | None) -> T:
-        if not self.breaker.allow():
-            if asyncio.iscoroutine(work):
-                work.close()
-            raise StoreUnavailable("redis: circuit open after repeated failures")
-        try:
-            result: T = await asyncio.wait_for(work, timeout=self.budget(deadline))
-        except (RedisError, OSError, TimeoutError, StoreUnavailable) as error:
-            self.breaker.failure()
-            if isinstance(error, StoreUnavailable):
-                raise
-            raise StoreUnavailable(f"redis: {type(error).__name__}: {error}") from error
-        self.breaker.success()
-        return result
-
-    async def claim(self: Any, key: str, mark: bytes) -> bytes | None:
-        stored = await self._store.client.eval(riskdata._CLAIM, 1, key, mark, riskdata.PENDING_CLAIM_MS)
-        return stored if isinstance(stored, bytes) else None
-
-    async def read(
-        self: Any, plan: Any, lookups: Mapping[str, list[tuple[str, str]]], request: ScreenRequest
-    ) -> tuple[dict[str, int | float], dict[tuple[str, str], bool]]:
-        pipe = self._store.client.pipeline(transaction=False)
-        queued = self._counters.queue(pipe, plan)
-        self._lists.queue_lookups(pipe, lookups)
-        replies = await pipe.execute(raise_on_error=False)
-        counter_replies = await self._counters.retry_noscript(plan, replies[:queued])
-        for reply in replies[queued:]:
-            if isinstance(reply, BaseException):
-                raise StoreUnavailable(f"redis: {reply}") from reply
-        counters = self._counters.read(plan, counter_replies)
-        return counters, self._lists.read_lookups(lookups, replies[queued:], request.occurred_at)
-
-    async def record(
-        self: Any, request: ScreenRequest, decision: Decision, observation: Any, ids: Mapping[str, str]
-    ) -> None:
-        store = self._store
-        entry = log_entry(
-            request,
-            decision,
-            subject_hash=store.hasher.identifier("person.id_number", ids["person.id_number"]),
-            counters=observation.counters,
-            list_hits=observation.list_hits,
-        )
-        pipe = store.client.pipeline(transaction=False)
-        if observation.claim:
-            pipe.eval(
-                riskdata._RECORD, 1, store.request_key(request), observation.claim,
-                encode_decision(decision), store.config.idempotency_ms,
-            )  # fmt: skip
-        if decision.outcome is Outcome.BLOCK and isinstance(observation.plan, CounterPlan):
-            retract = self._counters.prepare_retract(observation.plan, token=store.request_key(request))
-            self._counters.queue_retract(pipe, retract)
-        pipe.xadd(store.log_key, dict(entry), maxlen=store.config.log_maxlen, approximate=True)
-        with contextlib.suppress(StoreUnavailable):
-            await store.bounded(pipe.execute(), None)
-
-    riskdata_module.RiskDataStore.bounded = bounded  # type: ignore[method-assign]
-    riskdata_module.BoundRiskData._claim = claim  # type: ignore[method-assign]
-    riskdata_module.BoundRiskData._read = read  # type: ignore[method-assign]
-    riskdata_module.BoundRiskData.record = record  # type: ignore[method-assign]
-
-
-def patch_no_claim() -> None:
-    """What if: no request-id claim round trip (retries would count twice: a measurement, not a fix).
-    The CPU it saves is the price of one Redis round trip on the screening path."""
-    from service import riskdata
-
-    async def claim(self: Any, key: str, mark: bytes) -> bytes | None:
-        return None
-
-    riskdata.BoundRiskData._claim = claim  # type: ignore[method-assign]
+    CounterStore.folds_claim = property(lambda self: False)  # type: ignore[method-assign,assignment]
 
 
 def patch_record_batched() -> None:
@@ -159,7 +76,6 @@ def patch_record_batched() -> None:
     trip. The answer no longer waits for the write; a retry arriving before it finds the pending
     claim and waits for the decision, as it does today."""
     from service import riskdata as riskdata_module
-    from service.counters.store import CounterPlan
     from service.decisions import encode_decision, log_entry
     from service.domain import Decision, Outcome, ScreenRequest
     from service.errors import StoreUnavailable
@@ -206,8 +122,9 @@ def patch_record_batched() -> None:
                     "EVAL", riskdata._RECORD, 1, store.request_key(request), observation.claim,
                     encode_decision(decision), store.config.idempotency_ms,
                 )  # fmt: skip
-            if decision.outcome is Outcome.BLOCK and isinstance(observation.plan, CounterPlan):
-                retract = self._counters.prepare_retract(observation.plan, token=store.request_key(request))
+            attempt = observation.plan
+            if decision.outcome is Outcome.BLOCK and attempt is not None and attempt.counted is not None:
+                retract = self._counters.prepare_retract(attempt.counted, token=attempt.key)
                 self._counters.queue_retract(pipe, retract)
             entries: list[dict[str, str]] = store.queue_log(pipe, entry)
             return entries
@@ -272,8 +189,7 @@ def serve(patch: str, gc_stats: str | None = None) -> int:
         "none": lambda: None,
         "gc": patch_gc,
         "gc-threshold": lambda: patch_gc(threshold=10_000),
-        "redis-py": patch_redis_py,
-        "no-claim": patch_no_claim,
+        "separate-claim": patch_separate_claim,
         "record-batched": patch_record_batched,
     }
     patches[patch]()
@@ -351,7 +267,7 @@ def compare(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.experiments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patch", default="redis-py,no-claim", help=f"comma-separated, from {','.join(PATCHES)}")
+    parser.add_argument("--patch", default="separate-claim", help=f"comma-separated, from {','.join(PATCHES)}")
     parser.add_argument("--serve", choices=("none", *PATCHES), help=argparse.SUPPRESS)
     parser.add_argument("--gc-stats", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=4)

@@ -2,20 +2,23 @@
 
 Per request, in order:
 
-1. **Claim** the request id (`rg:r:{<hash of institution and request_id>}`):
-   a Lua script returns the stored decision of an earlier attempt, or marks
-   this attempt as pending (short TTL, so a crashed attempt does not block
-   retries for long). A retry of a decided request gets that decision back,
-   marked `replayed`, and counts nothing; a retry racing an attempt still in
-   flight waits for its decision.
-2. **Counters and watchlists**: the counter scripts and the list look-ups
-   go out together (see `service.counters.store`, `service.lists`).
-3. **Record**: the decision under the request id (for retries, for
+1. **Claim** the request id (`rg:r:{<hash of institution and request_id>}`)
+   and **count**: the stored decision of an earlier attempt comes back, and
+   nothing is counted; or the request is marked as this attempt's (pending,
+   short TTL, so a crashed attempt does not block retries for long) and the
+   counters are updated and read. A retry of a decided request gets that
+   decision back, marked `replayed`; a retry racing an attempt still in
+   flight waits for its decision. On a single Redis the claim is the first
+   step of the counter script's call (`CounterStore.with_claim`), so claim,
+   counters and watchlist look-ups are one round trip; on Redis Cluster the
+   claim's key and the counters' live on different nodes, so the claim is a
+   round trip of its own before the counters and look-ups.
+2. **Record**: the decision under the request id (for retries, for
    `RISKGATE_IDEMPOTENCY_HOURS`; only if this attempt holds the claim, or
    nobody does), the undo of a BLOCKed opening's active counts, and an
    entry in the decision log stream, in one pipelined round trip.
 
-All three use the counter store's pipeline (`CounterStore.pipeline`): on a
+Both use the counter store's pipeline (`CounterStore.pipeline`): on a
 single Redis a direct exchange on a held connection, on Redis Cluster the
 client's pipeline.
 
@@ -36,8 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import uuid
+import os
 from collections import deque
 from collections.abc import Awaitable, Collection, Mapping
 from dataclasses import dataclass
@@ -67,8 +71,9 @@ _RETRY_POLL_SECONDS = 0.005
 T = TypeVar("T")
 
 
-# Returns the stored decision (or another attempt's pending mark), or claims
-# the request for this attempt (ARGV[1], its pending mark) and returns nil.
+# Redis Cluster: returns the stored decision (or another attempt's pending mark),
+# or claims the request for this attempt (ARGV[1], its pending mark) and returns
+# nil. (On a single Redis the counter script does this: `CounterStore.with_claim`.)
 _CLAIM = """
 local stored = redis.call('GET', KEYS[1])
 if stored then return stored end
@@ -84,6 +89,14 @@ if stored and stored ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """This attempt at a request, for `record`: its idempotency key and what it counted."""
+
+    key: str
+    counted: CounterPlan | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +146,10 @@ class RiskDataStore:
         self.breaker = CircuitBreaker(clock)
         self._pending_log: deque[dict[str, str]] = deque(maxlen=PENDING_LOG_LIMIT)  # oldest dropped first
         self._bound: dict[str, BoundRiskData] = {}
+        # Attempt marks: unique per process (a random prefix) and attempt (a counter); a uuid4
+        # each cost ~13 us.
+        self._mark_prefix = _PENDING + os.urandom(8).hex().encode() + b":"
+        self._marks = itertools.count()
 
     def for_rules(
         self, *, key: str, counter_spec: CounterSpec, where: Predicate, lists: Mapping[str, ListSpec]
@@ -179,6 +196,10 @@ class RiskDataStore:
         return result
 
     # --- idempotency --------------------------------------------------------------
+
+    def attempt_mark(self) -> bytes:
+        """A new attempt's pending mark: what its claim stores until its decision replaces it."""
+        return b"%b%d" % (self._mark_prefix, next(self._marks))
 
     def request_key(self, request: ScreenRequest) -> str:
         entity = self.hasher.entity((("institution", request.outlet.institution_id), ("request", request.request_id)))
@@ -259,29 +280,38 @@ class BoundRiskData:
     ) -> Observation:
         store = self._store
         key = store.request_key(request)
-        mark = _PENDING + uuid.uuid4().hex.encode()
-        try:
-            stored: bytes | None = await store.bounded(self._claim(key, mark), deadline)
-        except StoreUnavailable as error:
-            log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "claim"}})
-            return Observation(degraded=True, claim=mark)
-        if stored is not None:
-            if stored.startswith(_PENDING):
-                return Observation(previous=await store.await_other_attempt(key, deadline))
-            return Observation(previous=decode_decision(stored))
-
+        mark = store.attempt_mark()
+        attempt = _Attempt(key, None)
         updates = counters_to_update(self._spec, request.kind, facts, self._where)
         values = {**{k: v for k, v in facts.items() if isinstance(v, str)}, **ids}
         lookups = self._lists.plan(list_checks, values)
         plan = self._counters.prepare(
             occurred_at=request.occurred_at, kind=request.kind, facts=facts, ids=ids, updates=updates
         )
+        if self._counters.folds_claim:
+            plan = self._counters.with_claim(plan, key=key.encode(), mark=mark, px=PENDING_CLAIM_MS)
+        else:
+            try:
+                stored: bytes | None = await store.bounded(self._claim(key, mark), deadline)
+            except StoreUnavailable as error:
+                log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "claim"}})
+                return Observation(degraded=True, claim=mark, plan=attempt)
+            if stored is not None:
+                return await self._answered(stored, key, deadline)
         try:
-            counters, hits = await store.bounded(self._read(plan, lookups, request), deadline)
+            stored, counters, hits = await store.bounded(self._read(plan, lookups, request), deadline)
         except StoreUnavailable as error:
             log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "counters"}})
-            return Observation(degraded=True, claim=mark)
-        return Observation(counters=counters, list_hits=hits, claim=mark, plan=plan)
+            return Observation(degraded=True, claim=mark, plan=attempt)
+        if stored is not None:
+            return await self._answered(stored, key, deadline)
+        return Observation(counters=counters, list_hits=hits, claim=mark, plan=_Attempt(key, plan))
+
+    async def _answered(self, stored: bytes, key: str, deadline: float | None) -> Observation:
+        """An earlier attempt's decision, or (when it is still deciding) the decision it makes."""
+        if stored.startswith(_PENDING):
+            return Observation(previous=await self._store.await_other_attempt(key, deadline))
+        return Observation(previous=decode_decision(stored))
 
     async def _claim(self, key: str, mark: bytes) -> bytes | None:
         """The stored decision (or another attempt's pending mark) for `key`, or None after claiming it.
@@ -298,8 +328,9 @@ class BoundRiskData:
 
     async def _read(
         self, plan: CounterPlan, lookups: Mapping[str, list[tuple[str, str]]], request: ScreenRequest
-    ) -> tuple[dict[str, int | float], dict[tuple[str, str], bool]]:
-        """Counters and watchlist look-ups in one pipelined round trip."""
+    ) -> tuple[bytes | None, dict[str, int | float], dict[tuple[str, str], bool]]:
+        """The claim (when the plan carries it), counters and watchlist look-ups in one pipelined
+        round trip: what the claim found stored (then nothing was counted), or the values."""
         pipe = self._counters.pipeline()
         queued = self._counters.queue(pipe, plan)
         self._lists.queue_lookups(pipe, lookups)
@@ -308,8 +339,11 @@ class BoundRiskData:
         for reply in replies[queued:]:
             if isinstance(reply, BaseException):
                 raise StoreUnavailable(f"redis: {reply}") from reply
+        stored = self._counters.stored_claim(plan, counter_replies)
+        if stored is not None:
+            return stored, {}, {}
         counters = self._counters.read(plan, counter_replies)
-        return counters, self._lists.read_lookups(lookups, replies[queued:], request.occurred_at)
+        return None, counters, self._lists.read_lookups(lookups, replies[queued:], request.occurred_at)
 
     async def record(
         self, request: ScreenRequest, decision: Decision, observation: Observation, ids: Mapping[str, str]
@@ -327,7 +361,8 @@ class BoundRiskData:
             store.keep_for_later([entry])
             return
         pipe = self._counters.pipeline()
-        key = store.request_key(request)
+        attempt = observation.plan if isinstance(observation.plan, _Attempt) else None
+        key = attempt.key if attempt is not None else store.request_key(request)
         queued = 0
         if observation.claim:
             pipe.execute_command(
@@ -336,9 +371,9 @@ class BoundRiskData:
             queued += 1
         retract: RetractPlan | None = None
         retracted = 0
-        if decision.outcome is Outcome.BLOCK and isinstance(observation.plan, CounterPlan):
+        if decision.outcome is Outcome.BLOCK and attempt is not None and attempt.counted is not None:
             # A blocked opening never happened: it must not count as an account or SIM held.
-            retract = self._counters.prepare_retract(observation.plan, token=key)
+            retract = self._counters.prepare_retract(attempt.counted, token=key)
             retracted = self._counters.queue_retract(pipe, retract)
         entries = store.queue_log(pipe, entry)
         try:

@@ -27,6 +27,13 @@ The caller's other commands in the pipeline are unaffected. (Alternatively
 call `load_script()` at start and after a NOSCRIPT, and treat that
 request's counters as unavailable.)
 
+A request's claim (single Redis): `with_claim(plan, key=..., mark=..., px=...)` makes the
+plan's call first claim the request's idempotency key for an attempt, in the same script
+call, so claim, counters and the caller's look-ups are one round trip; `stored_claim(plan,
+replies)` gives what an earlier attempt left there (then nothing was counted). On Redis
+Cluster the claim's key and the counters' are in different slots: `folds_claim` is False and
+the caller claims in a round trip of its own first.
+
 Active counts and blocked openings: `prepare_retract(plan, token=...)`
 gives the undo of the event's increments of `decrement_on` counters, which
 the caller queues (`queue_retract`) in its post-decision pipeline when the
@@ -208,14 +215,19 @@ class _Batch:
 
 
 class CounterPlan(_Batch):
-    """One event's counter calls, from `CounterStore.prepare`: data only, no connection."""
+    """One event's counter calls, from `CounterStore.prepare`: data only, no connection.
 
-    __slots__ = ("kind", "undo")
+    With a `claim_key` (see `CounterStore.with_claim`) the call first claims that request."""
 
-    def __init__(self, kind: EventKind, header: bytes, calls: list[_Call], undo: list[_Call]) -> None:
+    __slots__ = ("claim_key", "kind", "undo")
+
+    def __init__(
+        self, kind: EventKind, header: bytes, calls: list[_Call], undo: list[_Call], claim_key: bytes | None = None
+    ) -> None:
         super().__init__(header, calls)
         self.kind = kind
         self.undo = undo
+        self.claim_key = claim_key
 
 
 class RetractPlan(_Batch):
@@ -547,17 +559,48 @@ class CounterStore:
             return b""
         return self._hasher.member(entity, op.member_domain, str(member))
 
+    @property
+    def folds_claim(self) -> bool:
+        """Whether `with_claim` is available: on a single Redis (a claim's key and an entity's
+        counters may live on different nodes of a cluster)."""
+        return not self._cluster
+
+    def with_claim(self, plan: CounterPlan, *, key: bytes, mark: bytes, px: int) -> CounterPlan:
+        """`plan`, whose call first claims request `key` for an attempt, in the same script call
+        (single Redis only: `folds_claim`): if `key` holds a value (an earlier attempt's decision,
+        or another attempt's pending mark) the call answers it and counts nothing (see
+        `stored_claim`); else it sets `key` to `mark` for `px` ms and counts. The call is sent even
+        when the event has no counters."""
+        if self._cluster:
+            raise ValueError("with_claim: a claim is a call of its own on Redis Cluster")
+        return CounterPlan(plan.kind, b"%b|%d|%b" % (plan.header, px, mark), plan.calls, plan.undo, claim_key=key)
+
+    @staticmethod
+    def stored_claim(plan: CounterPlan | RetractPlan, replies: Sequence[Any]) -> bytes | None:
+        """What a claiming plan's call found under the request's key (then nothing was counted),
+        or None: the claim is this attempt's and `read` gives the values."""
+        if isinstance(plan, CounterPlan) and plan.claim_key is not None and isinstance(replies[0], bytes):
+            return replies[0]
+        return None
+
     def queue(self, pipe: DirectPipeline | Pipeline | ClusterPipeline, plan: CounterPlan | RetractPlan) -> int:
         """Append the plan's EVALSHA(s) to `pipe` (its client's kind: Redis or RedisCluster);
-        returns how many commands were queued (0 when the event has no counters)."""
-        return self._queue(pipe, plan.header, plan.calls)
+        returns how many commands were queued (0 when the event has no counters and no claim)."""
+        claim_key = plan.claim_key if isinstance(plan, CounterPlan) else None
+        return self._queue(pipe, plan.header, plan.calls, claim_key)
 
-    def _queue(self, pipe: DirectPipeline | Pipeline | ClusterPipeline, header: bytes, calls: list[_Call]) -> int:
+    def _queue(
+        self,
+        pipe: DirectPipeline | Pipeline | ClusterPipeline,
+        header: bytes,
+        calls: list[_Call],
+        claim_key: bytes | None = None,
+    ) -> int:
         sha = self.script_sha
-        if not calls:
+        if not calls and claim_key is None:
             return 0
         if isinstance(pipe, DirectPipeline):
-            pipe.append_packed(self._pack(header, calls), 1)
+            pipe.append_packed(self._pack(header, calls, claim_key), 1)
             return 1
         if isinstance(pipe, ClusterPipeline):
             for key, segment, values in calls:
@@ -565,9 +608,8 @@ class CounterStore:
                 # not the command, which it routes by the key's slot.
                 pipe.execute_command("EVALSHA", sha, 1, key, header, segment.program, values)
             return len(calls)
-        args: list[bytes | str | int] = ["EVALSHA", sha, len(calls)]
-        args += [key for key, _, _ in calls]
-        args.append(header)
+        keys = [key for key, _, _ in calls] + ([claim_key] if claim_key is not None else [])
+        args: list[bytes | str | int] = ["EVALSHA", sha, len(keys), *keys, header]
         for _, segment, values in calls:
             args += (segment.program, values)
         pipe.execute_command(*args)
@@ -583,6 +625,8 @@ class CounterStore:
                 raise StoreUnavailable("redis: NOSCRIPT, the counter script is not loaded (see retry_noscript)")
             if isinstance(reply, BaseException):
                 raise StoreUnavailable(f"redis: {reply}") from reply
+            if isinstance(reply, bytes):
+                raise ValueError("read: the claim found a stored answer and nothing was counted (see stored_claim)")
             flat += reply
         names = plan.names()
         if len(flat) != len(names):
@@ -604,7 +648,8 @@ class CounterStore:
                 for i, reply in zip(missing, again, strict=True):
                     out[i] = reply
             elif len(out) == 1 and not self._cluster:  # one EVALSHA for the whole plan
-                out[0] = (await self._send(plan.header, [plan.calls], combined=True))[0]
+                claim_key = plan.claim_key if isinstance(plan, CounterPlan) else None
+                out[0] = (await self._send(plan.header, [plan.calls], combined=True, claim_key=claim_key))[0]
             else:
                 raise ValueError(f"{len(out)} replies for a plan of {len(plan.calls)} calls")
         except _ERRORS as exc:
@@ -660,7 +705,10 @@ class CounterStore:
         return await self.run(retract)
 
     async def run(self, plan: CounterPlan | RetractPlan) -> dict[str, int | float]:
-        """Send a plan on its own, in one round trip, and read it."""
+        """Send a plan on its own, in one round trip, and read it (not a claiming plan: its
+        caller needs `stored_claim`, so it goes in the caller's pipeline)."""
+        if isinstance(plan, CounterPlan) and plan.claim_key is not None:
+            raise ValueError("run: a claiming plan goes in a pipeline (queue, stored_claim, read)")
         if not plan.calls:
             return {}
         calls = [plan.calls] if not self._cluster else [[call] for call in plan.calls]
@@ -670,10 +718,13 @@ class CounterStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return self.read(plan, await self.retry_noscript(plan, replies))
 
-    async def _send(self, header: bytes, batches: list[list[_Call]], *, combined: bool) -> list[Any]:
+    async def _send(
+        self, header: bytes, batches: list[list[_Call]], *, combined: bool, claim_key: bytes | None = None
+    ) -> list[Any]:
         """One EVALSHA per batch; replies in order, error replies as exception objects."""
         if combined:
-            return await self._exchange(b"".join(self._pack(header, calls) for calls in batches), len(batches))
+            packed = b"".join(self._pack(header, calls, claim_key) for calls in batches)
+            return await self._exchange(packed, len(batches))
         pipe = self._client.pipeline(transaction=False)
         for calls in batches:
             self._queue(pipe, header, calls)
@@ -702,11 +753,14 @@ class CounterStore:
         assert self._held is not None and isinstance(self._client, Redis)
         return await self._held.exchange(self._client.connection_pool, packed, count)
 
-    def _pack(self, header: bytes, calls: list[_Call]) -> bytes:
-        """EVALSHA sha n key.. header (program values).. in RESP."""
+    def _pack(self, header: bytes, calls: list[_Call], claim_key: bytes | None = None) -> bytes:
+        """EVALSHA sha n key.. [claim key] header (program values).. in RESP."""
         n = len(calls)
-        chunks = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n" % (4 + 3 * n, self._sha), _bulk(b"%d" % n)]
+        keys = n + (claim_key is not None)
+        chunks = [b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%b\r\n" % (4 + 2 * n + keys, self._sha), _bulk(b"%d" % keys)]
         chunks += [_bulk(key) for key, _, _ in calls]
+        if claim_key is not None:
+            chunks.append(_bulk(claim_key))
         chunks.append(_bulk(header))
         for _, segment, values in calls:
             chunks.append(segment.resp_program)

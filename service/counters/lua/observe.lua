@@ -5,7 +5,8 @@
 --              their HyperLogLog buckets KEYS[j]..':'..<counter>..':'..<window>..':'..<bucket>;
 --              all carry the entity's hash tag, so on Redis Cluster the store sends one call per
 --              entity (on a single Redis, one call for the whole event).
--- ARGV[1]      the event time t (whole seconds), or '-' / '-<token>' for a retract
+-- ARGV[1]      the event time t (whole seconds), or '-' / '-<token>' for a retract, or
+--              't|px|mark' to claim a request first (single Redis only; see the end)
 -- ARGV[2j]     the number of segment j's program: its items P (below) are static per event kind
 --              and written into this script as constants by store.py, so nothing is parsed or
 --              interned per call
@@ -58,6 +59,7 @@ local RETRACT_MARK_SECONDS = 172800
 local header = ARGV[1]
 local t = tonumber(header)
 local out, nout = {}, 0
+local segments = #KEYS
 
 -- program(id): the items P of program `id`, as Lua constants (store.py writes it in below, from
 -- the counter file, so this file alone is a template: one script per counter file)
@@ -530,7 +532,24 @@ local function retract(K, P, V)
   end
 end
 
-for j = 1, #KEYS do
+-- A claim (header 't|px|mark', the request's key last in KEYS): the stored answer of an earlier
+-- attempt (a decision, or another attempt's pending mark) is returned as it is, a string, and
+-- nothing is counted; else the request is marked as this attempt's (PX px) and counted. One
+-- call where a separate claim script would cost a round trip of its own.
+if not t and byte(header, 1) ~= 45 then
+  local bar = string.find(header, '|', 1, true)
+  local bar2 = string.find(header, '|', bar + 1, true)
+  local claim = KEYS[segments]
+  segments = segments - 1
+  local stored = redis.call('GET', claim)
+  if stored then
+    return stored
+  end
+  redis.call('SET', claim, sub(header, bar2 + 1), 'PX', sub(header, bar + 1, bar2 - 1))
+  t = tonumber(sub(header, 1, bar - 1))
+end
+
+for j = 1, segments do
   local P, V = segment(j)
   if t then
     observe(KEYS[j], P, V)

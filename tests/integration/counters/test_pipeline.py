@@ -287,3 +287,96 @@ async def test_a_hung_redis_times_out_and_the_connection_recovers(private_redis:
     assert store._held.taken == []
     assert await send() >= 5  # and takes connections again when used
     await client.aclose()
+
+
+# --- the claim folded into the counter script (single Redis) ------------------------------------
+
+CLAIM_KEY = b"rg:r:{request-1}"
+
+
+async def _claimed_round_trip(
+    store: CounterStore, plan: CounterPlan
+) -> tuple[bytes | None, dict[str, int | float] | None, Any]:
+    pipe = store.pipeline()
+    n = store.queue(pipe, plan)
+    pipe.execute_command("GET", "watch:{a}")
+    replies = await pipe.execute(raise_on_error=False)
+    mine = await store.retry_noscript(plan, replies[:n])
+    stored = store.stored_claim(plan, mine)
+    return stored, (None if stored is not None else store.read(plan, mine)), replies[n]
+
+
+async def test_a_claim_counts_once_and_a_second_attempt_finds_the_mark(
+    make_store: MakeStore, shipped_spec: CounterSpec, sync_client: redis.Redis
+) -> None:
+    store = make_store(shipped_spec)
+    assert store.folds_claim
+    plan = _plan(store, shipped_spec, transfer(T0, PAYER, PAYEE, 100))
+    first = store.with_claim(plan, key=CLAIM_KEY, mark=b"\x00pending:a|b", px=10_000)
+    sync_client.config_resetstat()
+    stored, values, foreign = await _claimed_round_trip(store, first)
+    assert stored is None and values is not None and values["outflow_30m"] == 100
+    assert foreign is None  # the caller's other commands ride along
+    assert sync_client.get(CLAIM_KEY) == b"\x00pending:a|b"  # '|' in the mark is kept: it comes last
+    assert 9_000 < sync_client.pttl(CLAIM_KEY) <= 10_000
+    assert sync_client.info("commandstats")["cmdstat_evalsha"]["calls"] == 1  # claim and counters: one call
+    # Another attempt of the same request: the mark comes back, and nothing is counted.
+    again = store.with_claim(plan, key=CLAIM_KEY, mark=b"\x00pending:other", px=10_000)
+    stored, values, _ = await _claimed_round_trip(store, again)
+    assert stored == b"\x00pending:a|b" and values is None
+    with pytest.raises(ValueError, match="stored_claim"):
+        store.read(again, [stored])
+    # A decided request answers its decision; a fresh request id counts on.
+    sync_client.set(CLAIM_KEY, b'{"decision": 1}')
+    stored, _, _ = await _claimed_round_trip(store, again)
+    assert stored == b'{"decision": 1}'
+    fresh = store.with_claim(plan, key=b"rg:r:{request-2}", mark=b"m", px=10_000)
+    stored, values, _ = await _claimed_round_trip(store, fresh)
+    assert stored is None and values is not None and values["outflow_30m"] == 200
+
+
+async def test_a_claim_after_noscript_is_sent_again_and_claims_once(
+    make_store: MakeStore, shipped_spec: CounterSpec, sync_client: redis.Redis
+) -> None:
+    store = make_store(shipped_spec)
+    sync_client.script_flush()
+    plan = store.with_claim(
+        _plan(store, shipped_spec, transfer(T0, PAYER, PAYEE, 5)), key=CLAIM_KEY, mark=b"mine", px=10_000
+    )
+    pipe = store.pipeline()
+    n = store.queue(pipe, plan)
+    replies = await pipe.execute(raise_on_error=False)
+    assert n == 1 and isinstance(replies[0], NoScriptError)
+    assert sync_client.get(CLAIM_KEY) is None  # a NOSCRIPT call did not run
+    mine = await store.retry_noscript(plan, replies)
+    assert store.stored_claim(plan, mine) is None and store.read(plan, mine)["outflow_30m"] == 5
+    assert sync_client.get(CLAIM_KEY) == b"mine"
+
+
+async def test_a_claim_is_sent_for_an_event_without_counters(make_store: MakeStore, sync_client: redis.Redis) -> None:
+    store = make_store("""
+counters:
+  - name: sends
+    on: transfer
+    key: transfer.payer_account
+    aggregate: count
+    windows: [1h]
+""")
+    plan = store.with_claim(
+        store.prepare(occurred_at=T0, kind=EventKind.SIM_SALE, facts={}, ids={}, updates=()),
+        key=CLAIM_KEY,
+        mark=b"mine",
+        px=10_000,
+    )
+    stored, values, _ = await _claimed_round_trip(store, plan)
+    assert stored is None and values == {}
+    assert sync_client.get(CLAIM_KEY) == b"mine"
+    with pytest.raises(ValueError, match="pipeline"):
+        await store.run(plan)
+
+
+async def test_a_claim_is_a_call_of_its_own_on_a_cluster(cluster: RedisCluster, shipped_spec: CounterSpec) -> None:
+    store = CounterStore(cluster, shipped_spec, KeyHasher(SECRET))
+    assert not store.folds_claim
+    with pytest.raises(ValueError, match="Cluster"):
+        store.with_claim(_plan(store, shipped_spec, transfer(T0, PAYER, PAYEE, 1)), key=CLAIM_KEY, mark=b"m", px=1)

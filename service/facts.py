@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from service.domain import (
     AccountClass,
@@ -231,15 +232,33 @@ def _catalogue() -> dict[str, FieldSpec]:
 FIELDS: Mapping[str, FieldSpec] = _catalogue()
 
 
+class _PersonFactNames(NamedTuple):
+    age: str
+    sex: str
+    province: str
+    region_code: str
+    region_known: str
+    non_local: str
+    has_phone: str
+    has_address: str
+
+
+# Made once: formatting them on every call cost 0.3 µs a person (measured).
+_PERSON_FACT_NAMES: Mapping[str, _PersonFactNames] = {
+    role: _PersonFactNames(*(f"{role}.{leaf}" for leaf in _PersonFactNames._fields)) for role in _ROLES
+}
+
+
 def _person(prefix: str, person: Person, out: dict[str, Scalar]) -> None:
-    out[f"{prefix}.age"] = person.age
-    out[f"{prefix}.sex"] = person.sex.value
-    out[f"{prefix}.province"] = person.province_code
-    out[f"{prefix}.region_code"] = person.region_code
-    out[f"{prefix}.region_known"] = person.region_known
-    out[f"{prefix}.non_local"] = person.non_local
-    out[f"{prefix}.has_phone"] = bool(person.phone)
-    out[f"{prefix}.has_address"] = bool(person.address)
+    names = _PERSON_FACT_NAMES[prefix]
+    out[names.age] = person.age
+    out[names.sex] = person.sex.value
+    out[names.province] = person.province_code
+    out[names.region_code] = person.region_code
+    out[names.region_known] = person.region_known
+    out[names.non_local] = person.non_local
+    out[names.has_phone] = bool(person.phone)
+    out[names.has_address] = bool(person.address)
 
 
 def _person_ids(prefix: str, person: Person, out: dict[str, str]) -> None:
@@ -252,16 +271,18 @@ def _person_ids(prefix: str, person: Person, out: dict[str, str]) -> None:
 
 def facts(request: ScreenRequest) -> dict[str, Scalar]:
     """Every non-identifier field of `FIELDS` that has a value for `request`."""
-    out: dict[str, Scalar] = {"event": request.kind.value}
     outlet = request.outlet
-    out["outlet.institution_id"] = outlet.institution_id
-    out["outlet.outlet_id"] = outlet.outlet_id
-    out["outlet.clerk_id"] = outlet.clerk_id
-    out["outlet.region_code"] = outlet.region_code
-    out["outlet.province"] = outlet.province_code
     local = local_time(request.occurred_at)
-    out["local_hour"] = local.hour
-    out["weekday"] = local.isoweekday()
+    out: dict[str, Scalar] = {
+        "event": request.kind.value,
+        "outlet.institution_id": outlet.institution_id,
+        "outlet.outlet_id": outlet.outlet_id,
+        "outlet.clerk_id": outlet.clerk_id,
+        "outlet.region_code": outlet.region_code,
+        "outlet.province": outlet.province_code,
+        "local_hour": local.hour,
+        "weekday": local.isoweekday(),
+    }
     _person("person", request.subject, out)
 
     event = request.event

@@ -61,7 +61,6 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -192,6 +191,16 @@ def resident_id_check_character(first17: str) -> str:
 
 def parse_resident_id(value: str, *, on: date) -> ResidentId:
     """Check an 18-character resident ID number for an event on local date `on`."""
+    return ResidentId(*_resident_id_fields(value, on))
+
+
+# `ResidentId`'s fields, in order.
+_ResidentIdFields = tuple[str, date, int, domain.Sex, str, str, bool]
+
+
+def _resident_id_fields(value: str, on: date) -> _ResidentIdFields:
+    """`parse_resident_id` as a plain tuple: `screen_request` copies the fields into a
+    `domain.Person`, and a frozen `ResidentId` in between costs 1.6 µs (measured)."""
     if not value:
         raise InvalidValue("required")
     if len(value) != 18:
@@ -205,7 +214,8 @@ def parse_resident_id(value: str, *, on: date) -> ResidentId:
     if province not in PROVINCES:
         raise InvalidValue("unknown province code")
     try:
-        birth_date = date(int(number[6:10]), int(number[10:12]), int(number[12:14]))
+        # YYYYMMDD, ISO 8601's basic format (Python 3.11+): 4x faster than date(int(...), ...) (measured).
+        birth_date = date.fromisoformat(number[6:14])
     except ValueError:
         raise InvalidValue("invalid birth date") from None
     if birth_date < _EARLIEST_BIRTH:
@@ -213,27 +223,32 @@ def parse_resident_id(value: str, *, on: date) -> ResidentId:
     if birth_date > on:
         raise InvalidValue("birth date after the event date")
     region = number[:6]
-    return ResidentId(
-        number=number,
-        birth_date=birth_date,
-        age=age_on(birth_date, on),
-        sex=domain.Sex.MALE if int(number[16]) % 2 else domain.Sex.FEMALE,
-        region_code=region,
-        province_code=province,
-        region_known=any(first <= on.year and last >= birth_date.year for first, last in _division_periods(region)),
+    return (
+        number,
+        birth_date,
+        age_on(birth_date, on),
+        domain.Sex.MALE if int(number[16]) % 2 else domain.Sex.FEMALE,
+        region,
+        province,
+        _in_use(region, birth_date.year, on.year),
     )
 
 
-# Bounded: stdnum's table holds about 6,900 codes; made-up codes must not grow the cache.
-@functools.lru_cache(maxsize=8192)
-def _division_periods(region_code: str) -> tuple[tuple[int, int], ...]:
-    """The (first year, last year) periods in which `region_code` named a division; () if never.
+def _in_use(region_code: str, from_year: int, to_year: int) -> bool:
+    """Whether `region_code` named a division at some time from `from_year` to `to_year`."""
+    # A loop, not any(<generator>): 0.1 µs against 0.5 µs (measured).
+    for first, last in _DIVISION_PERIODS.get(region_code, ()):  # noqa: SIM110
+        if first <= to_year and last >= from_year:
+            return True
+    return False
+
+
+def _periods(county: str) -> tuple[tuple[int, int], ...]:
+    """The (first year, last year) periods of one stdnum county entry; () if it has no name.
 
     stdnum's table marks a code reused or retired over time as, e.g.,
     ``[-1991]东郊区,[1992-]东丽区``; an undated name has always been in use.
-    A lookup walks the table (~50 µs), hence the cache.
     """
-    county = next((props["county"] for _, props in _DIVISIONS.info(region_code) if "county" in props), "")
     periods: list[tuple[int, int]] = []
     for name in filter(None, county.split(",")):
         first, last = "", ""
@@ -241,6 +256,18 @@ def _division_periods(region_code: str) -> tuple[tuple[int, int], ...]:
             first, _, last = name[1 : name.index("]")].partition("-")
         periods.append((int(first or 0), int(last or 9999)))
     return tuple(periods)
+
+
+# Region code -> the periods in which it named a division (absent: never), read from
+# stdnum's table in one pass at import (~10 ms): a lookup through `_DIVISIONS.info()`
+# walks the table (~45 µs), which a cache only hid once warm, and a fresh server meets
+# thousands of distinct codes. The table is two levels, 2-digit province and 4-digit
+# rest, each entry one code; tests/unit/test_validate.py checks this against `info()`.
+_DIVISION_PERIODS: Final[Mapping[str, tuple[tuple[int, int], ...]]] = {
+    province + rest: _periods(props.get("county", ""))
+    for _, province, _, _, counties in _DIVISIONS.prefixes
+    for _, rest, _, props, _ in counties
+}
 
 
 def age_on(birth_date: date, on: date) -> int:
@@ -353,7 +380,8 @@ def parse_text(value: str, *, max_length: int, required: bool = False) -> str:
         return ""
     if len(text) > max_length:
         raise InvalidValue(f"must be at most {max_length} characters")
-    if _CONTROL_CHARACTER.search(text):
+    # Printable ASCII, the usual text, is free of Cc by definition: that test is 3x faster than the search (measured).
+    if not (text.isascii() and text.isprintable()) and _CONTROL_CHARACTER.search(text):
         raise InvalidValue("must not contain control characters")
     return text
 
@@ -392,29 +420,36 @@ def _span(seconds: float) -> str:
     return f"{seconds:g} seconds"
 
 
-def _check_nanos(ts: Timestamp) -> None:
-    if not 0 <= ts.nanos <= 999_999_999:
+def _check_nanos(nanos: int) -> None:
+    if not 0 <= nanos <= 999_999_999:
         raise InvalidValue("nanos must be 0 to 999999999")
+
+
+def _utc(seconds: int, nanos: int) -> datetime:
+    # timedelta(days, seconds, microseconds) by position: keywords cost 0.35 µs more (measured).
+    return _EPOCH + timedelta(0, seconds, nanos // 1000)
 
 
 def parse_timestamp(ts: Timestamp) -> datetime:
     """A protobuf Timestamp in its valid range, as an aware UTC datetime."""
-    _check_nanos(ts)
-    if not _MIN_TIMESTAMP_SECONDS <= ts.seconds <= _MAX_TIMESTAMP_SECONDS:
+    seconds, nanos = ts.seconds, ts.nanos
+    _check_nanos(nanos)
+    if not _MIN_TIMESTAMP_SECONDS <= seconds <= _MAX_TIMESTAMP_SECONDS:
         raise InvalidValue("seconds out of range")
-    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    return _utc(seconds, nanos)
 
 
 def parse_occurred_at(ts: Timestamp, *, now: datetime, bounds: TimeBounds = DEFAULT_TIME_BOUNDS) -> datetime:
     """An event time within `bounds` of `now` (aware), as an aware UTC datetime."""
-    _check_nanos(ts)
+    seconds, nanos = ts.seconds, ts.nanos
+    _check_nanos(nanos)
     # In integer nanoseconds, so that absurd seconds cannot overflow a datetime.
-    ahead_ns = ts.seconds * 1_000_000_000 + ts.nanos - (now - _EPOCH) // _MICROSECOND * 1000
+    ahead_ns = seconds * 1_000_000_000 + nanos - (now - _EPOCH) // _MICROSECOND * 1000
     if ahead_ns > bounds.max_future_skew_seconds * 1e9:
         raise InvalidValue(f"more than {_span(bounds.max_future_skew_seconds)} in the future")
     if -ahead_ns > bounds.max_age_seconds * 1e9:
         raise InvalidValue(f"more than {_span(bounds.max_age_seconds)} in the past")
-    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+    return _utc(seconds, nanos)
 
 
 # --- enums -------------------------------------------------------------------
@@ -463,13 +498,23 @@ _TRANSFER_CHANNELS: Mapping[int, domain.TransferChannel] = {
 _V = TypeVar("_V")
 _R = TypeVar("_R")
 
-_OUTLET_ID = functools.partial(parse_text, max_length=64, required=True)
-_CLERK_ID = functools.partial(parse_text, max_length=64)
-_NAME = functools.partial(parse_text, max_length=64, required=True)
-_OPTIONAL_NAME = functools.partial(parse_text, max_length=64)
-_ADDRESS = functools.partial(parse_text, max_length=256)
-_DEVICE_ID = functools.partial(parse_text, max_length=128)
-_PAYEE_BANK = functools.partial(parse_text, max_length=64)
+
+def _text_field(max_length: int, *, required: bool = False) -> Callable[[str], str]:
+    # A closure, not functools.partial(parse_text, ...): a partial given keywords
+    # builds a dict per call (0.48 µs against 0.32 µs, measured; 7 calls per request).
+    def parse(value: str) -> str:
+        return parse_text(value, max_length=max_length, required=required)
+
+    return parse
+
+
+_OUTLET_ID = _text_field(64, required=True)
+_CLERK_ID = _text_field(64)
+_NAME = _text_field(64, required=True)
+_OPTIONAL_NAME = _text_field(64)
+_ADDRESS = _text_field(256)
+_DEVICE_ID = _text_field(128)
+_PAYEE_BANK = _text_field(64)
 
 
 class _Problems:
@@ -498,16 +543,16 @@ class _Problems:
             return fallback
 
 
-@dataclass(frozen=True, slots=True)
-class _Context:
+class _Context(NamedTuple):
     """What checking an event's fields needs from the rest of the request."""
 
+    # A NamedTuple: a frozen dataclass took 0.8 µs to build, this 0.5 µs (measured).
     occurred_at: datetime
     on: date  # the event's date in China local time
     outlet_province: str
 
-    def resident_id(self, value: str) -> ResidentId:
-        return parse_resident_id(value, on=self.on)
+    def resident_id(self, value: str) -> _ResidentIdFields:
+        return _resident_id_fields(value, self.on)
 
 
 def screen_request(
@@ -590,18 +635,19 @@ def _person(
     address = problems.check(f"{path}.address", _ADDRESS, msg.address, "")
     if resident_id is None:
         return None
+    number, birth_date, age, sex, region_code, province_code, region_known = resident_id
     return domain.Person(
-        id_number=resident_id.number,
+        id_number=number,
         name=checked_name,
         phone=phone,
         address=address,
-        birth_date=resident_id.birth_date,
-        age=resident_id.age,
-        sex=resident_id.sex,
-        region_code=resident_id.region_code,
-        province_code=resident_id.province_code,
-        region_known=resident_id.region_known,
-        non_local=resident_id.province_code != ctx.outlet_province,
+        birth_date=birth_date,
+        age=age,
+        sex=sex,
+        region_code=region_code,
+        province_code=province_code,
+        region_known=region_known,
+        non_local=province_code != ctx.outlet_province,
     )
 
 

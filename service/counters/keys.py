@@ -52,6 +52,7 @@ the key are computed once (`hmac.digest` would redo them per call).
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -85,6 +86,8 @@ _LEAF_DOMAINS: dict[str, str] = {
 }
 
 
+# Cached (0.05 µs against 0.2): catalogue field names are few, and the bound keeps others from growing it.
+@functools.lru_cache(maxsize=1024)
 def field_domain(field: str) -> str:
     """The entity domain of a catalogue field, e.g. 'payer.id_number' -> 'id_number'."""
     leaf = field.rpartition(".")[2]

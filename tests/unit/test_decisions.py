@@ -69,3 +69,45 @@ def test_log_entry_has_no_clear_identifier() -> None:
     assert document["rules"] == ["K05_many_banks", "~S12_shadow"]
     assert document["counters"] == {"banks_30d": 4}
     assert document["degraded"] is False
+
+
+def test_the_stored_decision_is_compact_json_byte_for_byte() -> None:
+    assert (
+        encode_decision(DECISION)
+        == (
+            '{"r":"r-1","d":"5b0c7a4e-3f7b-4d5e-9a52-7c9e1d2b8f10","o":2,"v":"2026-11@abc","g":false,'
+            '"t":1795399200.0,"e":0.000412,"k":"card_opening","x":[["K05_many_banks",2,"本证件30天内已在4家银行开户",'
+            '"4 banks in 30 days",[["banks_30d","4"]],false,0],["S12_shadow",3,"影子","shadow",[],true,7]]}'
+        ).encode()
+    )
+
+
+def test_log_entry_fields_byte_for_byte() -> None:
+    holder = Person(ID, "张三", "13812345678", "", AT.date(), 36, Sex.MALE, "110105", "11", True, True)
+    request = ScreenRequest(
+        "r-1", Outlet("BANK_A", "O1", "C1", "310115", "31"), AT, Closure(holder, "", "", None, None)
+    )
+    counters = {"z_last": 1, "banks_30d": 4, "flow_24h": 12.5, "a_first": 0}
+    entry = log_entry(
+        request, DECISION, subject_hash="HASHED", counters=counters, list_hits={("b", "x.y"): True, ("a", "x.y"): True}
+    )
+    assert entry == {
+        "decision_id": "5b0c7a4e-3f7b-4d5e-9a52-7c9e1d2b8f10",
+        "request_id": "r-1",
+        "decided_at": "2026-11-23T02:00:00.000000+00:00",
+        "occurred_at": "2026-11-23T02:00:00.000000+00:00",
+        "kind": "closure",
+        "institution_id": "BANK_A",
+        "outlet_id": "O1",
+        "region_code": "310115",
+        "outcome": "warn",
+        "rules": "K05_many_banks,~S12_shadow",
+        "revision": "2026-11@abc",
+        "degraded": "0",
+        # sorted by name, whatever order the counters were read in
+        "counters": '{"a_first":0,"banks_30d":4,"flow_24h":12.5,"z_last":1}',
+        "list_hits": "a:x.y,b:x.y",
+        "subject": "HASHED",
+    }
+    assert list(entry) == list(log_entry(request, DECISION, subject_hash="H", counters={}, list_hits={}))
+    assert json.dumps(dict(sorted(counters.items())), separators=(",", ":")) == entry["counters"]

@@ -25,10 +25,12 @@ from service import domain
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.errors import FieldProblem, ValidationError
 from service.validate import (
+    _DIVISION_PERIODS,
     PROVINCES,
     REGION_PROVINCES,
     InvalidValue,
     TimeBounds,
+    _periods,
     age_on,
     parse_account_number,
     parse_amount_fen,
@@ -264,6 +266,28 @@ def test_region_known_agrees_with_stdnum_when_born_in_the_event_year(region: str
     assert parse_resident_id(number, on=date(year, 12, 31)).region_known is in_stdnum
 
 
+def test_the_division_table_read_at_import_agrees_with_stdnums_lookup() -> None:
+    """`_DIVISION_PERIODS` walks stdnum's table once; a look-up through `info()` is the reference."""
+    divisions = numdb.get("cn/loc")
+
+    def periods_by_lookup(code: str) -> tuple[tuple[int, int], ...]:
+        county = next((props["county"] for _, props in divisions.info(code) if "county" in props), "")
+        return _periods(county)
+
+    codes = {p + r for _, p, _, _, counties in divisions.prefixes for _, r, _, _, _ in counties}
+    assert len(codes) > 6000
+    # every listed code, and codes next to them, which are mostly not listed
+    for code in sorted(codes | {f"{int(c) + 1:06d}" for c in codes} | {"000000", "830000", "999999"}):
+        assert _DIVISION_PERIODS.get(code, ()) == periods_by_lookup(code), code
+
+
+def test_a_county_entry_reads_as_its_periods_of_use() -> None:
+    assert _periods("") == ()
+    assert _periods("东城区") == ((0, 9999),)
+    assert _periods("[-1991]东郊区,[1992-]东丽区") == ((0, 1991), (1992, 9999))
+    assert _periods("[1983-2010]崇文区") == ((1983, 2010),)
+
+
 # --- provinces ---------------------------------------------------------------
 
 
@@ -417,6 +441,17 @@ def test_text_length_is_counted_in_characters() -> None:
 def test_text_with_a_control_character_inside_is_refused(control: str) -> None:
     problem = problem_of(parse_text, f"张{control}三", max_length=64)
     assert problem == "must not contain control characters"
+
+
+@pytest.mark.parametrize("control", ["\x00", "\t", "\n", "\x1b", "\x1f", "\x7f", "\x80", "\x85", "\x9f"])
+def test_ascii_text_with_a_control_character_inside_is_refused(control: str) -> None:
+    assert problem_of(parse_text, f"ab{control}cd", max_length=64) == "must not contain control characters"
+
+
+@pytest.mark.parametrize("text", ["a b~", "深圳 南山", "caf\u00e9", "x\u00a0y", "x\u2028y", "x\u200by"])
+def test_printable_and_other_non_control_text_is_accepted(text: str) -> None:
+    """Only Unicode category Cc is refused: not spaces, separators or format characters."""
+    assert parse_text(text, max_length=64) == text
 
 
 # --- times -------------------------------------------------------------------

@@ -10,6 +10,9 @@ throughput and server CPU per screening (with the collector's share, measured in
 
 Patches:
 
+* ``held-connections``: the risk data's round trips on connections held from redis-py's pool, one
+  per concurrent request (`_Held` in `service.counters.store`, what a TLS client still uses),
+  instead of the multiplexed connection of `service.redis_mux`: measures that change.
 * ``separate-claim``: the request-id claim as a round trip of its own before the counters' (as on
   Redis Cluster, and on a single Redis before it was folded into the counter script).
 * ``record-batched``: the record round trip (idempotency record, decision log) taken off the
@@ -37,7 +40,7 @@ from benchmarks.servers import SCREEN_METHOD, ScreeningStack
 from benchmarks.traffic import PoolSlice, repeats_needed, write_pool
 
 T = TypeVar("T")
-PATCHES = ("gc", "gc-threshold", "separate-claim", "record-batched")
+PATCHES = ("gc", "gc-threshold", "separate-claim", "held-connections", "record-batched")
 
 
 def patch_gc(threshold: int | None = None) -> None:
@@ -67,6 +70,16 @@ def patch_separate_claim() -> None:
     from service.counters.store import CounterStore
 
     CounterStore.folds_claim = property(lambda self: False)  # type: ignore[method-assign,assignment]
+
+
+def patch_held_connections() -> None:
+    """The counter store's exchanges on held redis-py connections instead of the multiplexer."""
+    from service import redis_mux
+
+    def unsupported(cls: Any, client: Any) -> Any:
+        raise redis_mux.Unsupported("the held-connections experiment")
+
+    redis_mux.Multiplexer.for_client = classmethod(unsupported)  # type: ignore[method-assign,assignment]
 
 
 def patch_record_batched() -> None:
@@ -190,6 +203,7 @@ def serve(patch: str, gc_stats: str | None = None) -> int:
         "gc": patch_gc,
         "gc-threshold": lambda: patch_gc(threshold=10_000),
         "separate-claim": patch_separate_claim,
+        "held-connections": patch_held_connections,
         "record-batched": patch_record_batched,
     }
     patches[patch]()

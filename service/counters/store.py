@@ -109,6 +109,7 @@ from service.counters.spec import Aggregate, Counter, CounterSpec, Key
 from service.domain import EventKind
 from service.errors import StoreUnavailable
 from service.facts import FIELDS, FieldType, Scalar
+from service.redis_mux import Multiplexer, Unsupported
 
 TEMPLATE = (Path(__file__).parent / "lua" / "observe.lua").read_text(encoding="utf-8")
 _PROGRAMS_MARK = "--@programs\n"
@@ -389,7 +390,15 @@ class CounterStore:
             raise ValueError("max_future_skew_seconds must be between 0 and 86400")
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
-        self._held = _held(client) if isinstance(client, Redis) else None
+        # A single Redis: exchanges ride the client's multiplexed connection (`service.redis_mux`);
+        # where it does not apply (TLS, RESP3), connections held from the client's pool.
+        self._mux: Multiplexer | None = None
+        self._held: _Held | None = None
+        if isinstance(client, Redis):
+            try:
+                self._mux = Multiplexer.for_client(client)
+            except Unsupported:
+                self._held = _held(client)
         self._hasher = hasher
         self._key_prefix = f"{hasher.prefix}:c2:{{".encode()
         self._skew = math.ceil(max_future_skew_seconds)
@@ -743,13 +752,17 @@ class CounterStore:
     async def aclose(self) -> None:
         """Give the connections held for direct exchanges back to the client's pool. They are
         shared by every store on the client (a store dropped at a rules reload leaves nothing
-        behind) and closed with the client anyway; this is for giving them back sooner."""
+        behind) and closed with the client anyway; this is for giving them back sooner. The
+        multiplexed connection is the client's too, and stays open for the others."""
         if self._held is not None:
             assert isinstance(self._client, Redis)
             await self._held.release(self._client.connection_pool)
 
     async def _exchange(self, packed: bytes, count: int) -> list[Any]:
-        """Send `packed` (`count` commands) on a held connection and read the replies."""
+        """Send `packed` (`count` commands) and read the replies: on the client's multiplexed
+        connection, or a held one."""
+        if self._mux is not None:
+            return await self._mux.exchange(packed, count)
         assert self._held is not None and isinstance(self._client, Redis)
         return await self._held.exchange(self._client.connection_pool, packed, count)
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import redis
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -20,6 +19,7 @@ from service.counters.store import CounterStore
 from service.domain import Carrier, EventKind
 from service.errors import StoreUnavailable
 from service.redis_embedded import EmbeddedRedis, RedisOptions, free_port
+from service.redis_mux import Multiplexer
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, screen, sim_closure, sim_sale, transfer
 
@@ -136,16 +136,16 @@ async def test_one_round_trip_per_request_one_script_call_per_entity(
     store = make_store(shipped_spec)
     await store.load_script()
     sends: list[int] = []
-    original = Connection.send_packed_command
+    original = Multiplexer.exchange
 
-    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
-        sends.append(1)
-        await original(self, command, check_health)
+    async def counting(self: Multiplexer, packed: bytes, count: int) -> list[Any]:
+        sends.append(count)
+        return await original(self, packed, count)
 
-    monkeypatch.setattr(Connection, "send_packed_command", counting)
+    monkeypatch.setattr(Multiplexer, "exchange", counting)
     sync_client.config_resetstat()
     values = await screen(store, shipped_spec, transfer(T0, "6222020200112233445", "6217000010002000300", 100))
-    assert len(sends) == 1  # everything went out in one write, replies read back in one go
+    assert sends == [1]  # one exchange of one command: the replies read back in one go
     # payee account, payer account, payer person, (payer, payee) pair: four entities in one
     # script call on a single Redis (one call per entity on a cluster)
     assert sync_client.info("commandstats")["cmdstat_evalsha"]["calls"] == 1

@@ -25,6 +25,7 @@ from service.domain import EventKind, ScreenRequest
 from service.errors import StoreUnavailable
 from service.facts import facts, identifiers
 from service.redis_embedded import EmbeddedRedis, RedisOptions
+from service.redis_mux import Multiplexer, Unsupported
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, transfer, where
 
@@ -246,7 +247,16 @@ def private_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server.stop()
 
 
-async def test_a_hung_redis_times_out_and_the_connection_recovers(private_redis: EmbeddedRedis) -> None:
+@pytest.mark.parametrize("connection", ["multiplexed", "held"])
+async def test_a_hung_redis_times_out_and_the_connection_recovers(
+    private_redis: EmbeddedRedis, connection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if connection == "held":  # what a TLS client uses
+
+        def unsupported(client: Redis) -> Multiplexer:
+            raise Unsupported("as for TLS")
+
+        monkeypatch.setattr(Multiplexer, "for_client", unsupported)
     client = Redis.from_url(private_redis.url, socket_timeout=0.3, retry=Retry(NoBackoff(), 0))
     spec = parse_counters(
         "counters:\n  - name: sends\n    on: transfer\n    key: transfer.payer_account\n"
@@ -278,6 +288,14 @@ async def test_a_hung_redis_times_out_and_the_connection_recovers(private_redis:
     # and the next answer is this call's own, not a stale reply left on a connection.
     assert await send() in (2, 3, 4)
     assert await send() == (await send()) - 1
+    if connection == "multiplexed":
+        assert store._held is None and store._mux is not None
+        assert CounterStore(client, spec, KeyHasher(SECRET))._mux is store._mux  # one per client
+        await store.aclose()  # the connection is the client's: it stays
+        assert await send() >= 5
+        await client.aclose()
+        assert store._mux._link is None  # closed with the client
+        return
     assert store._held is not None
     held = list(store._held.taken)
     other = CounterStore(client, spec, KeyHasher(SECRET))

@@ -19,8 +19,8 @@ Per request, in order:
    entry in the decision log stream, in one pipelined round trip.
 
 Both use the counter store's pipeline (`CounterStore.pipeline`): on a
-single Redis a direct exchange on a held connection, on Redis Cluster the
-client's pipeline.
+single Redis a direct exchange on the process's multiplexed connection
+(`service.redis_mux`), on Redis Cluster the client's pipeline.
 
 Degraded, never silent: each round trip has a budget
 (`RISKGATE_REDIS_BUDGET_MS`, shortened to fit the caller's deadline). When

@@ -14,10 +14,12 @@ trip per screening::
 
 `observe()` does exactly that for the counters alone. On a single Redis,
 `store.pipeline()` is a `DirectPipeline`: commands packed when queued, sent
-and read on a connection held for that (no pool checkout, no task per send,
-one timeout per round trip), the same round trip as a redis-py pipeline for
-about half its CPU; `observe()` uses the same path. On Redis Cluster it is
-the client's own pipeline.
+and read on the client's multiplexed connection (`service.redis_mux`: one per
+process, concurrent requests' commands written together, no pool checkout, no
+task per send), the same round trip as a redis-py pipeline for a fraction of
+its CPU; `observe()` uses the same path. Where the multiplexer does not apply
+(TLS, RESP3) on connections held from the client's pool. On Redis Cluster it
+is the client's own pipeline.
 
 NOSCRIPT. After a restart, a failover or SCRIPT FLUSH, a call answers
 NOSCRIPT and has not run. `retry_noscript(plan, replies)` returns `replies`
@@ -801,9 +803,9 @@ def _encode(encoder: Any, args: Sequence[Any]) -> bytes:
 class DirectPipeline:
     """The round trip of a redis-py pipeline on a single Redis, for a fraction of its CPU.
 
-    Commands are packed when queued (with the client's encoder) and sent on a connection the
-    `CounterStore` holds (see `CounterStore._exchange`). Replies come as the server sends them,
-    through the client's parser: redis-py's response callbacks are not applied (HMGET, GET,
+    Commands are packed when queued and sent on the client's multiplexed connection, or a held
+    one (see `CounterStore._exchange`). Replies come as the server sends them, through hiredis
+    (redis-py's error classes): redis-py's response callbacks are not applied (HMGET, GET,
     EVAL/EVALSHA and XADD read the same; SET gives b'OK' rather than True). Error replies are
     returned as exception objects with `execute(raise_on_error=False)`, else the first is raised.
     """

@@ -34,6 +34,15 @@ pytestmark = pytest.mark.integration
 MakeStore = Callable[[CounterSpec | str], CounterStore]
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 PAYER, PAYEE = "6222020200112233445", "6217000010002000300"
+# One counter on transfers only: a SIM sale has none.
+SENDS = """
+counters:
+  - name: sends
+    on: transfer
+    key: transfer.payer_account
+    aggregate: count
+    windows: [1h]
+"""
 
 
 def _plan(store: CounterStore, spec: CounterSpec, request: ScreenRequest) -> CounterPlan:
@@ -125,14 +134,7 @@ async def test_retry_noscript_without_noscript_does_nothing(make_store: MakeStor
 
 
 async def test_an_event_without_counters_queues_nothing(client: Redis, make_store: MakeStore) -> None:
-    store = make_store("""
-counters:
-  - name: sends
-    on: transfer
-    key: transfer.payer_account
-    aggregate: count
-    windows: [1h]
-""")
+    store = make_store(SENDS)
     plan = store.prepare(occurred_at=T0, kind=EventKind.SIM_SALE, facts={}, ids={}, updates=())
     pipe = client.pipeline(transaction=False)
     assert store.queue(pipe, plan) == 0
@@ -258,11 +260,7 @@ async def test_a_hung_redis_times_out_and_the_connection_recovers(
 
         monkeypatch.setattr(Multiplexer, "for_client", unsupported)
     client = Redis.from_url(private_redis.url, socket_timeout=0.3, retry=Retry(NoBackoff(), 0))
-    spec = parse_counters(
-        "counters:\n  - name: sends\n    on: transfer\n    key: transfer.payer_account\n"
-        "    aggregate: count\n    windows: [1h]\n",
-        "s.yaml",
-    )
+    spec = parse_counters(SENDS, "s.yaml")
     store = CounterStore(client, spec, KeyHasher(SECRET))
 
     async def send() -> int | float:
@@ -372,14 +370,7 @@ async def test_a_claim_after_noscript_is_sent_again_and_claims_once(
 
 
 async def test_a_claim_is_sent_for_an_event_without_counters(make_store: MakeStore, sync_client: redis.Redis) -> None:
-    store = make_store("""
-counters:
-  - name: sends
-    on: transfer
-    key: transfer.payer_account
-    aggregate: count
-    windows: [1h]
-""")
+    store = make_store(SENDS)
     plan = store.with_claim(
         store.prepare(occurred_at=T0, kind=EventKind.SIM_SALE, facts={}, ids={}, updates=()),
         key=CLAIM_KEY,

@@ -111,7 +111,7 @@ from service.counters.spec import Aggregate, Counter, CounterSpec, Key
 from service.domain import EventKind
 from service.errors import StoreUnavailable
 from service.facts import FIELDS, FieldType, Scalar
-from service.redis_mux import Multiplexer, Unsupported
+from service.redis_mux import Multiplexer, Unsupported, pack_command
 
 TEMPLATE = (Path(__file__).parent / "lua" / "observe.lua").read_text(encoding="utf-8")
 _PROGRAMS_MARK = "--@programs\n"
@@ -396,7 +396,9 @@ class CounterStore:
         # where it does not apply (TLS, RESP3), connections held from the client's pool.
         self._mux: Multiplexer | None = None
         self._held: _Held | None = None
+        self._encode_other: Any = None  # what a DirectPipeline packs arguments other than bytes, str, int with
         if isinstance(client, Redis):
+            self._encode_other = client.get_encoder().encode  # type: ignore[no-untyped-call]  # a new Encoder per call
             try:
                 self._mux = Multiplexer.for_client(client)
             except Unsupported:
@@ -783,23 +785,6 @@ class CounterStore:
         return b"".join(chunks)
 
 
-def _encode(encoder: Any, args: Sequence[Any]) -> bytes:
-    """A command in RESP. Bytes, str and int directly (redis-py's encoder costs ~1 us per
-    argument, and a decision-log entry has 30); anything else as redis-py encodes it."""
-    chunks = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        if isinstance(arg, str):
-            part = arg.encode()
-        elif isinstance(arg, bytes):
-            part = arg
-        elif type(arg) is int:
-            part = b"%d" % arg
-        else:
-            part = encoder.encode(arg)
-        chunks.append(b"$%d\r\n%b\r\n" % (len(part), part))
-    return b"".join(chunks)
-
-
 class DirectPipeline:
     """The round trip of a redis-py pipeline on a single Redis, for a fraction of its CPU.
 
@@ -810,12 +795,11 @@ class DirectPipeline:
     returned as exception objects with `execute(raise_on_error=False)`, else the first is raised.
     """
 
-    __slots__ = ("_chunks", "_count", "_encoder", "_store")
+    __slots__ = ("_chunks", "_count", "_store")
 
     def __init__(self, store: CounterStore) -> None:
         self._store = store
         assert isinstance(store._client, Redis)
-        self._encoder = store._client.get_encoder()  # type: ignore[no-untyped-call]
         self._chunks: list[bytes] = []
         self._count = 0
 
@@ -828,7 +812,7 @@ class DirectPipeline:
         self._count += count
 
     def execute_command(self, *args: Any) -> DirectPipeline:
-        self.append_packed(_encode(self._encoder, args), 1)
+        self.append_packed(pack_command(args, self._store._encode_other), 1)
         return self
 
     def hmget(self, name: Any, keys: Any, *args: Any) -> DirectPipeline:

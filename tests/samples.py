@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
+from service.domain import CHINA_TZ
 from service.validate import resident_id_check_character
 
 
@@ -14,6 +15,14 @@ def resident_id(region: str = "310104", birth: date = date(1990, 3, 7), sequence
     """An 18-character resident ID number with a correct GB 11643 check character."""
     body = f"{region}{birth:%Y%m%d}{sequence:03d}"
     return body + resident_id_check_character(body)
+
+
+def born_aged(age: int) -> date:
+    """A birth date that makes its holder `age` today (China time), whatever today is: a test
+    about age never depends on the calendar. The birthday is half a year away, so the age
+    holds for the whole run."""
+    half_a_year_ago = datetime.now(CHINA_TZ).date() - timedelta(days=182)
+    return half_a_year_ago.replace(year=half_a_year_ago.year - age, day=min(half_a_year_ago.day, 28))
 
 
 def timestamp(moment: datetime) -> Timestamp:

@@ -6,7 +6,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -47,7 +46,7 @@ def test_iot_sim_for_an_individual_is_blocked_with_a_bilingual_reason(live: tupl
 
 def test_a_shadow_rule_is_reported_but_does_not_change_the_outcome(live: tuple[RunningServer, Path]) -> None:
     server, _ = live
-    student = samples.resident_id(birth=date(2005, 6, 1), sequence=202)
+    student = samples.resident_id(birth=samples.born_aged(20), sequence=202)
     decisions = []
     with server.channel() as channel:
         stub = pb_grpc.ScreeningStub(channel)

@@ -20,7 +20,7 @@ from tests.samples import resident_id
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+NOW = datetime.now(UTC).replace(microsecond=0)  # Redis expires list keys on its own clock
 
 
 @pytest.fixture

@@ -18,7 +18,9 @@ from tests.samples import resident_id
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
+# Redis keeps its own clock and expires keys at absolute times (PEXPIREAT): entries are added
+# "now" on the clock Redis shares with this machine, never at a calendar date.
+NOW = datetime.now(UTC).replace(microsecond=0)
 ACCOUNT = "6217000010002000300"
 
 

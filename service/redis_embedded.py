@@ -7,18 +7,45 @@ socket inside its data directory (loopback TCP when a port is asked for, or
 when the socket path would be too long), keeps an append-only file there so
 counters and lists survive a restart, and is stopped with SIGTERM, which
 makes it flush the AOF.
+
+One redis-server per data directory, ever: two servers appending to one AOF
+corrupt it (the stale one's expiry deletions remove live keys at the next
+replay). Three things keep it so (the last two are Linux-only: prctl, /proc):
+
+- `riskgate.lock` in the directory is held with flock while we own it, so a
+  second riskgate on the same directory is refused.
+- The child asks the kernel for SIGTERM when its parent dies
+  (prctl PR_SET_PDEATHSIG), so a SIGKILLed or crashed riskgate does not leave
+  its redis-server running. The kernel sends it when the *thread* that forked
+  the child ends, so `start()` must run on a thread that outlives the server:
+  the main thread, not a short-lived worker.
+- The child's pid is recorded in `redis-server.pid` (removed on a clean
+  stop). A start that holds the lock and still finds a redis-server on the
+  directory (by that file, or by scanning /proc for one started on this
+  directory's redis.conf, which also finds those left by versions without the
+  pid file) stops it first, SIGTERM then SIGKILL, and refuses to start when it
+  cannot. A process is only taken for ours when its command line is
+  redis-server with this directory's redis.conf (or, from older versions, its
+  socket), never by pid alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import functools
 import importlib.util
+import logging
 import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,8 +53,13 @@ from typing import IO
 
 from service.errors import RedisLaunchError
 
+log = logging.getLogger("riskgate.redis")
+
 # sockaddr_un.sun_path holds 108 bytes on Linux, including the final NUL.
 _MAX_SOCKET_PATH = 100
+_PR_SET_PDEATHSIG = 1
+PID_FILE = "redis-server.pid"
+_PROC = Path("/proc")
 
 
 def find_redis_server() -> str:
@@ -53,6 +85,64 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@functools.cache
+def _prctl() -> Callable[[int, int, int, int, int], int] | None:
+    # Looked up in the parent: dlopen between fork and exec can deadlock on the loader's lock.
+    if not sys.platform.startswith("linux"):
+        return None
+    function = ctypes.CDLL(None, use_errno=True).prctl
+    function.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn that has the child SIGTERMed (so it flushes its AOF) when `parent` dies."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        # The parent may have died after fork and before prctl: then no signal will ever come.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+def process_argv(pid: int) -> list[str]:
+    """The command line of a live process (empty for a zombie, or when it is gone or unreadable)."""
+    try:
+        raw = (_PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [os.fsdecode(part) for part in raw.removesuffix(b"\0").split(b"\0")] if raw else []
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie: exited, not yet reaped (an orphan's reaper may never reap it)."""
+    try:
+        stat = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def _wait_exited(pid: int, handle: int | None, timeout: float) -> bool:
+    if handle is not None:
+        poller = select.poll()
+        poller.register(handle, select.POLLIN)
+        return bool(poller.poll(round(timeout * 1000)))
+    deadline = time.monotonic() + timeout
+    while not _exited(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class RedisOptions:
     persistent: bool = True  # AOF on; tests turn it off for speed
@@ -64,6 +154,9 @@ class RedisOptions:
 class EmbeddedRedis:
     """One redis-server child process owning `data_dir`."""
 
+    # Seconds a redis-server left on the directory gets to flush its AOF and exit after SIGTERM.
+    leftover_grace: float = 10.0
+
     def __init__(self, data_dir: Path, options: RedisOptions | None = None) -> None:
         self.data_dir = data_dir.resolve()
         self.options = options or RedisOptions()
@@ -72,6 +165,8 @@ class EmbeddedRedis:
         socket_path = self.data_dir / "redis.sock"
         self._use_socket = self.options.port is None and len(str(socket_path)) <= _MAX_SOCKET_PATH
         self.socket_path = socket_path
+        self.conf_path = self.data_dir / "redis.conf"
+        self.pid_file = self.data_dir / PID_FILE
         self.port = self.options.port if self.options.port is not None else 0
         if not self._use_socket and self.port == 0:
             self.port = free_port()
@@ -101,6 +196,9 @@ class EmbeddedRedis:
             f"appendonly {'yes' if self.options.persistent else 'no'}",
             "appendfsync everysec",
             "daemonize no",
+            # Keep argv (and so the redis.conf path) in /proc/<pid>/cmdline: that is how a later start
+            # tells a redis-server left on this directory from an unrelated process that reused its pid.
+            "set-proc-title no",
         ]
         if self._use_socket:
             lines += [f"unixsocket {self.socket_path}", "unixsocketperm 700"]
@@ -110,20 +208,35 @@ class EmbeddedRedis:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> None:
+        """Start redis-server and wait until it answers PING.
+
+        Call it from a thread that lives as long as the server, i.e. the main thread: the kernel
+        SIGTERMs the child when the thread that started it ends, even if the process goes on (a
+        thread pool's worker ends when its pool is shut down, or replaced and collected).
+        """
         if self.running:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
-        executable = find_redis_server()
-        conf = self.data_dir / "redis.conf"
-        conf.write_text(self._config())
-        self._process = subprocess.Popen(
-            [executable, str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C in the terminal goes to us, and we stop redis in order
-        )
+        try:
+            self._stop_leftover_servers()
+            executable = find_redis_server()
+            self.conf_path.write_text(self._config())
+            try:
+                self._process = subprocess.Popen(
+                    [executable, str(self.conf_path)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,  # a Ctrl-C in the terminal goes to us, and we stop redis in order
+                    preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509 - only prctl and getppid run there
+                )
+            except (OSError, subprocess.SubprocessError) as error:
+                raise RedisLaunchError(f"cannot run {executable} for {self.data_dir}: {error}") from error
+            self._write_pid_file(self._process.pid)
+        except BaseException:
+            self.stop()
+            raise
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -146,6 +259,8 @@ class EmbeddedRedis:
                     process.wait()
             if process.stderr is not None:
                 process.stderr.close()
+            # Only once the child is gone, and while we still hold the lock.
+            self.pid_file.unlink(missing_ok=True)
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -168,6 +283,98 @@ class EmbeddedRedis:
                 "give each instance its own RISKGATE_DATA_DIR or point them at one RISKGATE_REDIS_URL"
             ) from None
         self._lock_file = lock
+
+    def _write_pid_file(self, pid: int) -> None:
+        partial = self.pid_file.with_name(PID_FILE + ".tmp")
+        partial.write_text(f"{pid}\n")
+        partial.replace(self.pid_file)  # a reader never sees a half-written pid
+
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def owns_directory(self, pid: int) -> bool:
+        """Whether `pid` is a live redis-server started on this data directory."""
+        argv = process_argv(pid)
+        if not argv or _exited(pid):
+            return False
+        if Path(argv[0]).name == "redis-server" and str(self.conf_path) in argv[1:]:
+            return True
+        # Started by a version without `set-proc-title no`: redis rewrote argv to "<argv0> unixsocket:<path>".
+        title = argv[0].split()
+        return (
+            len(title) >= 2 and Path(title[0]).name == "redis-server" and title[1] == f"unixsocket:{self.socket_path}"
+        )
+
+    def leftover_pids(self) -> list[int]:
+        """Live redis-servers on this data directory, by the pid file and by a scan of /proc."""
+        candidates: set[int] = set()
+        recorded = self._recorded_pid()
+        if recorded is not None:
+            candidates.add(recorded)
+        with contextlib.suppress(OSError):
+            candidates.update(int(entry.name) for entry in _PROC.iterdir() if entry.name.isdigit())
+        return sorted(pid for pid in candidates if self.owns_directory(pid))
+
+    def _stop_leftover_servers(self) -> None:
+        # We hold the lock, so no riskgate owns these: they outlived theirs and must not share the AOF with ours.
+        for pid in self.leftover_pids():
+            log.warning(
+                "stopping a redis-server left running on the data directory by a riskgate that did not stop it",
+                extra={"fields": {"pid": pid, "data_dir": str(self.data_dir)}},
+            )
+            self._stop_leftover(pid, self.leftover_grace)
+        self.pid_file.unlink(missing_ok=True)
+
+    def _stop_leftover(self, pid: int, timeout: float) -> None:
+        with self._pid_handle(pid) as handle:
+            # Checked again after the pidfd is open: a pid reused since the scan is never signalled.
+            if not self.owns_directory(pid):
+                return
+            try:
+                self._signal(pid, handle, signal.SIGTERM)
+                if _wait_exited(pid, handle, timeout):
+                    return
+                log.warning(
+                    "the leftover redis-server did not exit on SIGTERM; killing it",
+                    extra={"fields": {"pid": pid, "data_dir": str(self.data_dir), "waited_s": timeout}},
+                )
+                self._signal(pid, handle, signal.SIGKILL)
+                if _wait_exited(pid, handle, 5.0):
+                    return
+                problem = "it survived SIGKILL"
+            except ProcessLookupError:
+                return
+            except PermissionError as error:
+                problem = f"it cannot be signalled ({error.strerror})"
+        raise RedisLaunchError(
+            f"a redis-server (pid {pid}) left by an earlier riskgate still runs on {self.data_dir} and "
+            f"{problem}; stop it before starting riskgate, or two servers would share one append-only file"
+        )
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _pid_handle(pid: int) -> Iterator[int | None]:
+        """A pidfd for `pid` where the kernel has them (race-free signalling and waiting), else None."""
+        try:
+            handle: int | None = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            # Gone already (owns_directory then says so), or no pidfds: fall back to kill and /proc polling.
+            handle = None
+        try:
+            yield handle
+        finally:
+            if handle is not None:
+                os.close(handle)
+
+    @staticmethod
+    def _signal(pid: int, handle: int | None, signum: signal.Signals) -> None:
+        if handle is not None:
+            signal.pidfd_send_signal(handle, signum)
+        else:
+            os.kill(pid, signum)
 
     def _ping(self) -> bool:
         family = socket.AF_UNIX if self._use_socket else socket.AF_INET

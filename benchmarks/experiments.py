@@ -94,25 +94,28 @@ def patch_record_batched() -> None:
     from service.errors import StoreUnavailable
 
     riskdata: Any = riskdata_module
-    queue: list[tuple[Any, Any, list[dict[str, str]]]] = []  # (bound risk data, queue-into-pipe, entries)
+    from service.decision_log import LogEntry
+
+    queue: list[tuple[Any, Any, list[LogEntry]]] = []  # (bound risk data, queue-into-pipe, entries)
     scheduled = [False]
 
     async def flush() -> None:
         scheduled[0] = False
         batch = list(queue)
         queue.clear()
-        groups: dict[int, tuple[Any, list[tuple[Any, list[dict[str, str]]]]]] = {}
+        groups: dict[int, tuple[Any, list[tuple[Any, list[LogEntry]]]]] = {}
         for bound, add, entries in batch:
             groups.setdefault(id(bound), (bound, []))[1].append((add, entries))
         for bound, items in groups.values():
             pipe = bound._counters.pipeline()
-            written: list[dict[str, str]] = []
+            written: list[LogEntry] = []
             for add, _entries in items:
                 written += add(pipe)
             try:
                 await bound._store.bounded(pipe.execute(raise_on_error=False), None)
             except StoreUnavailable:
-                bound._store.keep_for_later(written)
+                for logged in written:
+                    bound._store.log.defer(logged, sent=True)
 
     async def record(
         self: Any, request: ScreenRequest, decision: Decision, observation: Any, ids: Mapping[str, str]
@@ -125,11 +128,12 @@ def patch_record_batched() -> None:
             counters=observation.counters,
             list_hits=observation.list_hits,
         )
+        logged = LogEntry.of(entry, int(decision.decided_at.timestamp() * 1000))
         if not store.breaker.allow():
-            store.keep_for_later([entry])
+            store.log.defer(logged, sent=False)
             return
 
-        def add(pipe: Any) -> list[dict[str, str]]:
+        def add(pipe: Any) -> list[LogEntry]:
             if observation.claim:
                 pipe.execute_command(
                     "EVAL", riskdata._RECORD, 1, store.request_key(request), observation.claim,
@@ -139,10 +143,10 @@ def patch_record_batched() -> None:
             if decision.outcome is Outcome.BLOCK and attempt is not None and attempt.counted is not None:
                 retract = self._counters.prepare_retract(attempt.counted, token=attempt.key)
                 self._counters.queue_retract(pipe, retract)
-            entries: list[dict[str, str]] = store.queue_log(pipe, entry)
-            return entries
+            store.log.queue(pipe, logged)
+            return [logged]
 
-        queue.append((self, add, [entry]))
+        queue.append((self, add, [logged]))
         if not scheduled[0]:
             scheduled[0] = True
             task = asyncio.get_running_loop().create_task(flush())

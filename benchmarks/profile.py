@@ -56,7 +56,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decide", ("(service/decision.py",)),
     ("risk data: claim request_id (EVAL)", ("RiskDataStore.claim", "BoundRiskData._claim")),
     ("risk data: counters + lists round trip", ("BoundRiskData._read", "CounterStore.prepare", "Watchlists.plan")),
-    ("decision log + idempotency write", ("BoundRiskData.record", "(service/decisions.py", "RiskDataStore.queue_log")),
+    ("decision log + idempotency write", ("BoundRiskData.record", "(service/decisions.py", "DecisionLog.queue")),
     ("risk data: other (hashing keys, budget)", ("BoundRiskData.observe", "RiskDataStore.", "counters_to_update")),
     ("screening glue", ("(service/screening.py", "(service/server.py")),
 )

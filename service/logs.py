@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,3 +48,29 @@ def configure(level: int, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class Throttled:
+    """A warning that may repeat hundreds of times a second (every request during a Redis outage,
+    every message of a fuzzer): the first is logged, then at most one line per `every` seconds,
+    saying how many were held back. Time comes from `monotonic`, injected."""
+
+    def __init__(self, logger: logging.Logger, every: float, monotonic: Callable[[], float]) -> None:
+        self._logger = logger
+        self._every = every
+        self._monotonic = monotonic
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, message: str, *args: object, fields: dict[str, Any] | None = None) -> None:
+        key = f"{message}|{fields}"
+        now = self._monotonic()
+        if now - self._last.get(key, float("-inf")) < self._every:
+            self._held[key] = self._held.get(key, 0) + 1
+            return
+        self._last[key] = now
+        held = self._held.pop(key, 0)
+        extra = dict(fields or {})
+        if held:
+            extra["repeats_not_logged"] = held
+        self._logger.warning(message, *args, extra={"fields": extra})

@@ -58,7 +58,22 @@ class Metrics:
         self.ruleset = Info("riskgate_ruleset", "The ruleset revision serving now.", registry=self.registry)
         self.unwritten_log_entries = Gauge(
             "riskgate_unwritten_decision_log_entries",
-            "Decision-log entries kept in memory until Redis answers again.",
+            "Decision-log entries in the backlog (memory and spool file) until Redis takes them.",
+            registry=self.registry,
+        )
+        self.log_dropped = Counter(
+            "riskgate_decision_log_dropped",
+            "Decision-log entries dropped because the backlog was full (RISKGATE_DECISION_LOG_BACKLOG).",
+            registry=self.registry,
+        )
+        self.log_unverified = Counter(
+            "riskgate_decision_log_unverified",
+            "Backlog entries written after the dedupe horizon although an earlier write may have landed.",
+            registry=self.registry,
+        )
+        self.breaker_open = Gauge(
+            "riskgate_redis_breaker_open",
+            "1 while the Redis circuit breaker is open (requests are answered without risk data).",
             registry=self.registry,
         )
 

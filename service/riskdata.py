@@ -31,20 +31,19 @@ policy adds its reason (`RISKGATE_FAIL_POLICY`: warn, or block to fail
 closed). After `BREAKER_FAILURES` failures in a row Redis is not asked at
 all for `BREAKER_OPEN_SECONDS` (then one request probes it), so an outage
 costs requests nothing but the fail policy. Decision-log entries that could
-not be written are kept in memory (at most `PENDING_LOG_LIMIT`) and written
-when Redis answers again.
+not be written go to the decision log's backlog (`service.decision_log`):
+spooled to disk, written exactly once by a background task when Redis answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
-from collections import deque
-from collections.abc import Awaitable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from redis.exceptions import NoScriptError, RedisError
@@ -53,18 +52,19 @@ from service.clock import Clock
 from service.counters.keys import KeyHasher
 from service.counters.spec import CounterSpec, Predicate, counters_to_update
 from service.counters.store import CounterPlan, CounterStore, RetractPlan
+from service.decision_log import DecisionLog, DecisionLogConfig, LogEntry
 from service.decisions import LOG_STREAM, decode_decision, encode_decision, log_entry
 from service.domain import Decision, Outcome, ScreenRequest
 from service.errors import InFlight, StoreUnavailable
 from service.facts import Scalar
 from service.lists import ListSpec, Watchlists
+from service.logs import Throttled
 from service.screening import Observation
 
 log = logging.getLogger("riskgate.riskdata")
 
 BREAKER_FAILURES = 3
 BREAKER_OPEN_SECONDS = 1.0
-PENDING_LOG_LIMIT = 100_000
 PENDING_CLAIM_MS = 10_000
 _PENDING = b"\x00pending:"  # followed by the claiming attempt's token
 _RETRY_POLL_SECONDS = 0.005
@@ -104,6 +104,9 @@ class RiskDataConfig:
     budget_seconds: float = 0.010
     idempotency_ms: int = 25 * 3600 * 1000
     log_maxlen: int = 1_000_000
+    log_dedupe_seconds: float = 3600.0
+    log_backlog_limit: int = 200_000
+    log_spool: Path | None = None  # None: unwritten entries are kept in memory only
 
 
 class CircuitBreaker:
@@ -118,6 +121,11 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         return self._failures < self._limit or self._clock.monotonic() >= self._open_until
+
+    @property
+    def tripped(self) -> bool:
+        """Failing: open, or letting requests probe after being open, until one succeeds."""
+        return self._failures >= self._limit
 
     def success(self) -> None:
         self._failures = 0
@@ -136,7 +144,15 @@ class RiskDataStore:
     """
 
     def __init__(
-        self, *, client: Any, hasher: KeyHasher, clock: Clock, config: RiskDataConfig, max_future_skew_seconds: float
+        self,
+        *,
+        client: Any,
+        hasher: KeyHasher,
+        clock: Clock,
+        config: RiskDataConfig,
+        max_future_skew_seconds: float,
+        on_log_dropped: Callable[[int], None] | None = None,
+        on_log_unverified: Callable[[int], None] | None = None,
     ) -> None:
         self.client = client
         self.hasher = hasher
@@ -144,7 +160,21 @@ class RiskDataStore:
         self.config = config
         self.max_future_skew_seconds = max_future_skew_seconds
         self.breaker = CircuitBreaker(clock)
-        self._pending_log: deque[dict[str, str]] = deque(maxlen=PENDING_LOG_LIMIT)  # oldest dropped first
+        # During an outage every request would log the same warning: one line per 5 s, with a count.
+        self.warn = Throttled(log, 5.0, clock.monotonic)
+        self.log = DecisionLog(
+            client,
+            DecisionLogConfig(
+                stream_key=f"{hasher.prefix}:log:{LOG_STREAM}",
+                maxlen=config.log_maxlen,
+                dedupe_seconds=config.log_dedupe_seconds,
+                backlog_limit=config.log_backlog_limit,
+                spool_path=config.log_spool,
+            ),
+            clock,
+            on_dropped=on_log_dropped,
+            on_unverified=on_log_unverified,
+        )
         self._bound: dict[str, BoundRiskData] = {}
         # Attempt marks: unique per process (a random prefix) and attempt (a counter); a uuid4
         # each cost ~13 us.
@@ -221,36 +251,12 @@ class RiskDataStore:
 
     @property
     def log_key(self) -> str:
-        return f"{self.hasher.prefix}:log:{LOG_STREAM}"
+        return self.log.config.stream_key
 
-    def queue_log(self, pipe: Any, entry: dict[str, str]) -> list[dict[str, str]]:
-        """Queue the entries left over from an outage, then `entry`; returns what was queued."""
-        entries = [*self._pending_log, entry]
-        self._pending_log.clear()
-        for item in entries:
-            fields = [part for pair in item.items() for part in pair]
-            pipe.execute_command("XADD", self.log_key, "MAXLEN", "~", self.config.log_maxlen, "*", *fields)
-        return entries
-
-    def keep_for_later(self, entries: list[dict[str, str]]) -> None:
-        overflow = len(self._pending_log) + len(entries) - PENDING_LOG_LIMIT
-        if overflow > 0:
-            log.error("decision log buffer full: %d oldest unwritten entries dropped", overflow)
-        self._pending_log.extend(entries)
-
-    @property
-    def unwritten_log_entries(self) -> int:
-        return len(self._pending_log)
-
-    async def close(self) -> None:
-        """Write what the log buffer holds, if Redis answers."""
-        if self._pending_log:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
-                pipe = self.client.pipeline(transaction=False)
-                for item in self._pending_log:
-                    pipe.xadd(self.log_key, item, maxlen=self.config.log_maxlen, approximate=True)
-                await asyncio.wait_for(pipe.execute(), timeout=2.0)
-                self._pending_log.clear()
+    async def close(self, budget_seconds: float = 2.0) -> int:
+        """Write what the decision log's backlog holds, if Redis answers in time; the entries left
+        (kept in the spool for the next start)."""
+        return await self.log.close(budget_seconds)
 
 
 class BoundRiskData:
@@ -294,14 +300,14 @@ class BoundRiskData:
             try:
                 stored: bytes | None = await store.bounded(self._claim(key, mark), deadline)
             except StoreUnavailable as error:
-                log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "claim"}})
+                store.warn.warning("risk data unavailable: %s", error, fields={"step": "claim"})
                 return Observation(degraded=True, claim=mark, plan=attempt)
             if stored is not None:
                 return await self._answered(stored, key, deadline)
         try:
             stored, counters, hits = await store.bounded(self._read(plan, lookups, request), deadline)
         except StoreUnavailable as error:
-            log.warning("risk data unavailable: %s", error, extra={"fields": {"step": "counters"}})
+            store.warn.warning("risk data unavailable: %s", error, fields={"step": "counters"})
             return Observation(degraded=True, claim=mark, plan=attempt)
         if stored is not None:
             return await self._answered(stored, key, deadline)
@@ -357,8 +363,9 @@ class BoundRiskData:
             counters=observation.counters,
             list_hits=observation.list_hits,
         )
+        logged = LogEntry.of(entry, int(decision.decided_at.timestamp() * 1000))
         if not store.breaker.allow():
-            store.keep_for_later([entry])
+            store.log.defer(logged, sent=False)
             return
         pipe = self._counters.pipeline()
         attempt = observation.plan if isinstance(observation.plan, _Attempt) else None
@@ -375,15 +382,20 @@ class BoundRiskData:
             # A blocked opening never happened: it must not count as an account or SIM held.
             retract = self._counters.prepare_retract(attempt.counted, token=key)
             retracted = self._counters.queue_retract(pipe, retract)
-        entries = store.queue_log(pipe, entry)
+        store.log.queue(pipe, logged)
         try:
             replies = await store.bounded(pipe.execute(raise_on_error=False), None)
+        except StoreUnavailable as error:
+            store.warn.warning("decision not recorded yet: %s", error, fields={"step": "record"})
+            store.log.defer(logged, sent=True)
+            return
+        store.log.settle(logged, replies[-1])
+        try:
             if retract is not None:
                 # A NOSCRIPT retract did not run: load the script and send just it again.
                 await self._counters.retry_noscript(retract, replies[queued : queued + retracted])
-            errors = [reply for reply in replies if isinstance(reply, BaseException)]
-            if errors and not all(isinstance(e, NoScriptError) for e in errors):
-                raise StoreUnavailable(f"redis: {errors[0]}")
         except StoreUnavailable as error:
-            log.warning("decision not recorded yet: %s", error, extra={"fields": {"step": "record"}})
-            store.keep_for_later(entries)
+            store.warn.warning("blocked opening's counts not undone: %s", error, fields={"step": "retract"})
+        errors = [reply for reply in replies[:-1] if isinstance(reply, BaseException)]
+        if errors and not all(isinstance(e, NoScriptError) for e in errors):
+            store.warn.warning("decision not kept for retries: %s", errors[0], fields={"step": "record"})

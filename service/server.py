@@ -1,10 +1,20 @@
-"""grpc.aio wiring: the Screening service, health, reflection, metrics, graceful stop.
+"""grpc.aio wiring: the Screening service, health, reflection, metrics, limits, drain and stop.
 
 `Server` assembles the parts from `Settings`; `run()` is what `riskgate serve`
 calls: it starts the embedded redis-server when no RISKGATE_REDIS_URL is
-given, serves until SIGTERM or SIGINT, then stops in order: health flips to
-NOT_SERVING, in-flight requests get the grace period to finish, the Redis
-connection closes, the embedded redis-server flushes and exits.
+given, serves until SIGTERM or SIGINT, then stops in order:
+
+1. **drain** (SIGTERM only, `RISKGATE_DRAIN_SECONDS`): health reports
+   NOT_SERVING while every call is still served, so load balancers move away
+   before the port closes;
+2. open ScreenStreams waiting for their next message end with UNAVAILABLE
+   ("stopping: reconnect"), ones mid-screening after their answer; new calls
+   are refused; calls in flight get `RISKGATE_GRACE_SECONDS` to finish;
+3. the decision log's backlog is written if Redis answers (else it stays in
+   the spool for the next start), the Redis connection closes, and the
+   embedded redis-server flushes and exits.
+
+A second SIGTERM or SIGINT during the drain skips the rest of it.
 """
 
 from __future__ import annotations
@@ -17,8 +27,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
@@ -31,8 +43,9 @@ from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.admin import RulesService, WatchlistsService
 from service.clock import Clock, SystemClock
 from service.domain import Decision, Outcome, ScreenRequest
-from service.errors import ConfigError, RiskgateError, ValidationError
+from service.errors import ConfigError, FieldProblem, RiskgateError, ValidationError
 from service.lists import Watchlists
+from service.logs import Throttled
 from service.metrics import Metrics
 from service.redis_embedded import EmbeddedRedis
 from service.redisconn import embedded_dir, hasher_for, make_client
@@ -51,6 +64,29 @@ _PROBE_SECONDS = 1.0
 ADMIN_SERVICES = tuple(s.full_name for s in admin_pb.DESCRIPTOR.services_by_name.values())
 
 
+_UNPARSEABLE = ValidationError(
+    [FieldProblem("request", "the message is not a valid riskgate.v1.ScreenRequest (protobuf parse error)")]
+)
+_BAD_BYTES_LOG_SECONDS = 10.0
+
+
+class Unparseable:
+    """What the lenient deserializer hands on for bytes that are not a ScreenRequest: the handler
+    answers INVALID_ARGUMENT (on a stream, an error Decision) instead of gRPC's UNKNOWN."""
+
+    __slots__ = ()
+
+
+_UNPARSEABLE_REQUEST = Unparseable()
+
+
+def parse_screen_request(data: bytes) -> pb.ScreenRequest | Unparseable:
+    try:
+        return pb.ScreenRequest.FromString(data)
+    except DecodeError:
+        return _UNPARSEABLE_REQUEST
+
+
 class ScreeningService(pb_grpc.ScreeningServicer):
     def __init__(
         self,
@@ -58,11 +94,41 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         validator: Callable[[pb.ScreenRequest], ScreenRequest],
         metrics: Metrics,
         clock: Clock,
+        stream_idle_seconds: float = 300.0,
     ) -> None:
         self._screener = screener
         self._validate = validator
         self._metrics = metrics
         self._clock = clock
+        self._stream_idle_seconds = stream_idle_seconds
+        self._idle_streams: set[asyncio.Task[object]] = set()  # stream handlers waiting for a message
+        self.stopping = False
+        self._warn = Throttled(log, _BAD_BYTES_LOG_SECONDS, clock.monotonic)
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        """Register with a lenient request deserializer (see `Unparseable`)."""
+        handlers = {
+            "Screen": grpc.unary_unary_rpc_method_handler(
+                self.Screen,
+                request_deserializer=parse_screen_request,
+                response_serializer=pb.Decision.SerializeToString,
+            ),
+            "ScreenStream": grpc.stream_stream_rpc_method_handler(
+                self.ScreenStream,
+                request_deserializer=parse_screen_request,
+                response_serializer=pb.Decision.SerializeToString,
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SCREENING_SERVICE, handlers),))
+
+    def end_idle_streams(self) -> None:
+        """At stop: streams waiting for a message end now; busy ones after their current answer."""
+        self.stopping = True
+        for task in list(self._idle_streams):
+            task.cancel()
+
+    def _stopped_us(self) -> bool:
+        return self.stopping
 
     async def _decide(self, request: pb.ScreenRequest, rpc: str, time_remaining: float | None) -> Decision:
         """Validate and screen one request; RiskgateErrors propagate to the caller's mapping."""
@@ -82,9 +148,19 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             self._metrics.replayed.inc()
         return decision
 
+    def _bad_bytes(self, rpc: str) -> None:
+        """Count an unparseable message; log one line at most every 10 s (fuzzers send thousands)."""
+        self._metrics.errors.labels(rpc, grpc.StatusCode.INVALID_ARGUMENT.name).inc()
+        self._warn.warning("unparseable ScreenRequest messages answered INVALID_ARGUMENT", fields={"rpc": rpc})
+
     async def Screen(
-        self, request: pb.ScreenRequest, context: grpc.aio.ServicerContext[pb.ScreenRequest, pb.Decision]
+        self,
+        request: pb.ScreenRequest | Unparseable,
+        context: grpc.aio.ServicerContext[pb.ScreenRequest, pb.Decision],
     ) -> pb.Decision:
+        if isinstance(request, Unparseable):
+            self._bad_bytes("Screen")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(_UNPARSEABLE))
         try:
             decision = await self._decide(request, "Screen", context.time_remaining())
         except RiskgateError as error:
@@ -97,18 +173,56 @@ class ScreeningService(pb_grpc.ScreeningServicer):
 
     async def ScreenStream(
         self,
-        request_iterator: AsyncIterator[pb.ScreenRequest],
+        request_iterator: AsyncIterator[pb.ScreenRequest | Unparseable],
         context: grpc.aio.ServicerContext[pb.ScreenRequest, pb.Decision],
     ) -> AsyncIterator[pb.Decision]:
-        async for request in request_iterator:
+        """Answers in order; a bad message gets an error Decision and the stream goes on. The stream
+        ends when the client closes it, after `stream_idle_seconds` without a message, or at stop."""
+        task = asyncio.current_task()
+        assert task is not None
+        while not self.stopping:
+            self._idle_streams.add(task)
+            request: object  # what the lenient deserializer made of the bytes, or EOF
             try:
-                decision = await self._decide(request, "ScreenStream", context.time_remaining())
-            except ValidationError as error:
-                yield api.error_to_proto(request.request_id, error)
-                continue
-            except RiskgateError as error:
-                await context.abort(api.status_of(error), str(error))
-            yield api.decision_to_proto(decision)
+                async with asyncio.timeout(self._stream_idle_seconds):
+                    request = cast(object, await context.read())
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"stream idle for {self._stream_idle_seconds:g} s: closed by the server; open a new one",
+                )
+            except asyncio.CancelledError:
+                if not self._stopped_us():
+                    raise  # the call itself was cancelled (the client went away)
+                task.uncancel()  # our own cancel (`end_idle_streams`): end the stream with a status
+                break
+            finally:
+                self._idle_streams.discard(task)
+            if request is grpc.aio.EOF:
+                return
+            yield await self._stream_answer(request, context.time_remaining())
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "riskgate is stopping: reconnect and send the rest again")
+
+    async def _stream_answer(self, request: object, time_remaining: float | None) -> pb.Decision:
+        if isinstance(request, Unparseable) or not isinstance(request, pb.ScreenRequest):
+            self._bad_bytes("ScreenStream")
+            return api.error_to_proto("", _UNPARSEABLE)
+        try:
+            decision = await self._decide(request, "ScreenStream", time_remaining)
+        except RiskgateError as error:
+            return api.error_to_proto(request.request_id, error)
+        except Exception:
+            log.exception("screening failed", extra={"fields": {"rpc": "ScreenStream"}})
+            self._metrics.errors.labels("ScreenStream", "INTERNAL").inc()
+            return api.error_to_proto(request.request_id, _INTERNAL)
+        return api.decision_to_proto(decision)
+
+
+class _Internal(RiskgateError):
+    pass
+
+
+_INTERNAL = _Internal("internal error; the decision was not made")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,19 +249,32 @@ class Server:
                 budget_seconds=settings.redis_budget_ms / 1000,
                 idempotency_ms=int(settings.idempotency_hours * 3600 * 1000),
                 log_maxlen=settings.decision_log_maxlen,
+                log_dedupe_seconds=settings.decision_log_dedupe_hours * 3600,
+                log_backlog_limit=settings.decision_log_backlog,
+                log_spool=settings.data_dir / "decision-log.spool",
             ),
             max_future_skew_seconds=settings.max_future_skew_seconds,
+            on_log_dropped=self.metrics.log_dropped.inc,
+            on_log_unverified=self.metrics.log_unverified.inc,
         )
         fail_outcome = Outcome.BLOCK if settings.fail_policy == "block" else Outcome.WARN
         self.screener = Screener(session=self._session, clock=self.clock, fail_outcome=fail_outcome)
+        keepalive_ms = int(settings.keepalive_min_seconds * 1000)
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 1 << 20),
+                ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+                ("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)),
+                # Keepalive enforcement: a client pinging more often than this gets GOAWAY after 2 strikes.
                 ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+                ("grpc.http2.min_ping_interval_without_data_ms", keepalive_ms),
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", keepalive_ms),
+                ("grpc.http2.max_ping_strikes", 2),
+            ],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
+        self._service: ScreeningService | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_ok: bool | None = None
         self.port = 0
@@ -181,8 +308,11 @@ class Server:
         """Load the rules (refusing to start on a broken directory), bind, and serve."""
         active = await asyncio.to_thread(self.rules.load)
         self.metrics.set_revision(active.revision)
-        service = ScreeningService(self.screener, self._validator(), self.metrics, self.clock)
-        pb_grpc.add_ScreeningServicer_to_server(service, self._grpc)
+        service = ScreeningService(
+            self.screener, self._validator(), self.metrics, self.clock, self.settings.stream_idle_seconds
+        )
+        service.add_to(self._grpc)
+        self._service = service
         admin_pb_grpc.add_WatchlistsServicer_to_server(WatchlistsService(self._current_lists, self.clock), self._grpc)
         admin_pb_grpc.add_RulesServicer_to_server(RulesService(self._reload), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
@@ -214,6 +344,7 @@ class Server:
         self._tasks = [
             asyncio.create_task(self._probe_forever(), name="probe"),
             asyncio.create_task(self.rules.watch(self.settings.rules_poll_seconds), name="rules-watch"),
+            asyncio.create_task(self.risk.log.run(), name="decision-log"),
         ]
         log.info(
             "serving",
@@ -233,20 +364,34 @@ class Server:
         await self._set_health(RULES_COMPONENT, serving=not result.errors)
         return result
 
+    async def drain(self, seconds: float, cut_short: asyncio.Event | None = None) -> None:
+        """Report NOT_SERVING but keep serving for `seconds` (or until `cut_short` is set), so load
+        balancers and clients watching health move away before the port closes."""
+        for name in ("", SCREENING_SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.info("draining", extra={"fields": {"drain_seconds": seconds}})
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await (cut_short or asyncio.Event()).wait()
+
     async def stop(self) -> None:
-        """Stop taking requests; let in-flight ones finish within the grace period; release Redis."""
+        """Stop taking calls; end open streams; let calls in flight finish within the grace period;
+        write the decision log's backlog (or keep it in the spool); release Redis."""
         await self.health.enter_graceful_shutdown()
         grace = self.settings.grace_seconds
         log.info("stopping", extra={"fields": {"grace_seconds": grace}})
+        if self._service is not None:
+            self._service.end_idle_streams()
         await self._grpc.stop(grace)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.risk.close()
+        left = await self.risk.close(budget_seconds=2.0)
         await self.redis.aclose()
         self.rules.close()
-        log.info("stopped")
+        log.info("stopped", extra={"fields": {"unwritten_log_entries": left}})
 
     async def wait(self) -> None:
         await self._grpc.wait_for_termination()
@@ -257,10 +402,14 @@ class Server:
         self.metrics.component_up.labels(component).set(1 if serving else 0)
 
     async def _probe_redis(self) -> None:
+        """Health `redis`: SERVING when a PING answers and the request path's breaker is not tripped."""
         try:
             ok = bool(await asyncio.wait_for(self.redis.ping(), timeout=0.5))
         except (RedisError, OSError, TimeoutError):
             ok = False
+        tripped = self.risk.breaker.tripped
+        self.metrics.breaker_open.set(1 if tripped else 0)
+        ok = ok and not tripped
         if ok != self._redis_ok:
             level = logging.INFO if ok else logging.WARNING
             log.log(level, "redis is " + ("reachable" if ok else "unreachable"))
@@ -273,26 +422,38 @@ class Server:
             await asyncio.sleep(_PROBE_SECONDS)
             await self._probe_redis()
             await self._set_health(RULES_COMPONENT, serving=not self.rules.last_errors)
-            self.metrics.unwritten_log_entries.set(self.risk.unwritten_log_entries)
+            self.metrics.unwritten_log_entries.set(self.risk.log.backlog)
 
 
 async def run(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, starting a private redis-server unless one is configured."""
+    """Serve until SIGTERM (drain, then stop) or SIGINT (stop), starting a private redis-server
+    unless one is configured."""
     embedded: EmbeddedRedis | None = None
     redis_url = settings.redis_url
     if settings.embedded_redis:
         embedded = EmbeddedRedis(embedded_dir(settings))
-        await asyncio.to_thread(embedded.start)
+        embedded.start()  # on this (the main) thread: the child's parent-death signal follows it
         redis_url = embedded.url
         log.info("embedded redis-server started", extra={"fields": {"data_dir": str(embedded.data_dir)}})
     try:
         server = Server(settings, redis_url)
+        signalled: list[signal.Signals] = []
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: signal.Signals) -> None:
+            signalled.append(signum)
+            stop.set()
+            if len(signalled) > 1:
+                cut_short.set()
+
+        cut_short = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal, signum)
         await server.start()
         await stop.wait()
+        if signalled[0] is signal.SIGTERM:
+            await server.drain(settings.drain_seconds, cut_short)
         await server.stop()
     finally:
         if embedded is not None:

@@ -65,6 +65,16 @@ def _positive_float(value: str, name: str) -> float:
     return number
 
 
+def _non_negative_float(value: str, name: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: expected a number") from None
+    if not number >= 0:
+        raise ConfigError(f"{name}={value!r}: must be 0 or more")
+    return number
+
+
 def _positive_int(value: str, name: str) -> int:
     if not value.isdigit() or int(value) == 0:
         raise ConfigError(f"{name}={value!r}: expected a whole number greater than 0")
@@ -150,6 +160,20 @@ SETTINGS: dict[str, SettingDoc] = {
         _positive_int,
         "Entries the decision log stream keeps (older ones are trimmed).",
     ),
+    "decision_log_dedupe_hours": SettingDoc(
+        "RISKGATE_DECISION_LOG_DEDUPE_HOURS",
+        "1",
+        _positive_float,
+        "How long Redis remembers which decisions the log holds, so a write retried after a lost "
+        "reply appends nothing twice (about 80 bytes per decision made in that time).",
+    ),
+    "decision_log_backlog": SettingDoc(
+        "RISKGATE_DECISION_LOG_BACKLOG",
+        "200000",
+        _positive_int,
+        "Decision-log entries kept (in memory and in the spool file) while Redis cannot take them; "
+        "beyond it the oldest are dropped, counted in riskgate_decision_log_dropped_total and logged.",
+    ),
     "rules_dir": SettingDoc("RISKGATE_RULES_DIR", "rules", _path, "Directory of rule, counter and watchlist files."),
     "rules_poll_seconds": SettingDoc(
         "RISKGATE_RULES_POLL_SECONDS",
@@ -161,7 +185,8 @@ SETTINGS: dict[str, SettingDoc] = {
         "RISKGATE_DATA_DIR",
         "var",
         _path,
-        "Where the embedded redis-server keeps its append-only file, and the generated key-hashing secret.",
+        "Where the embedded redis-server keeps its append-only file, the generated key-hashing secret, "
+        "and the decision-log spool (entries not yet written to Redis).",
     ),
     "hash_secret_file": SettingDoc(
         "RISKGATE_HASH_SECRET_FILE",
@@ -182,7 +207,44 @@ SETTINGS: dict[str, SettingDoc] = {
         "RISKGATE_GRACE_SECONDS",
         "5",
         _positive_float,
-        "On SIGTERM/SIGINT, how long in-flight requests may take to finish.",
+        "On SIGTERM/SIGINT, after the drain, how long calls in flight may take to finish.",
+    ),
+    "drain_seconds": SettingDoc(
+        "RISKGATE_DRAIN_SECONDS",
+        "5",
+        _non_negative_float,
+        "On SIGTERM, how long health reports NOT_SERVING while requests are still served, so load "
+        "balancers stop sending before the port closes (SIGINT skips it).",
+    ),
+    "max_concurrent_rpcs": SettingDoc(
+        "RISKGATE_MAX_CONCURRENT_RPCS",
+        "2000",
+        _positive_int,
+        "Calls (open streams included) served at once; more are refused with RESOURCE_EXHAUSTED.",
+    ),
+    "max_streams_per_connection": SettingDoc(
+        "RISKGATE_MAX_STREAMS_PER_CONNECTION",
+        "100",
+        _positive_int,
+        "HTTP/2 streams (calls) one client connection may have open at once.",
+    ),
+    "stream_idle_seconds": SettingDoc(
+        "RISKGATE_STREAM_IDLE_SECONDS",
+        "300",
+        _positive_float,
+        "A ScreenStream that sends nothing for this long is ended with UNAVAILABLE (open a new one).",
+    ),
+    "connection_idle_seconds": SettingDoc(
+        "RISKGATE_CONNECTION_IDLE_SECONDS",
+        "900",
+        _positive_float,
+        "A client connection with no call for this long is closed (the client reconnects when needed).",
+    ),
+    "keepalive_min_seconds": SettingDoc(
+        "RISKGATE_KEEPALIVE_MIN_SECONDS",
+        "10",
+        _positive_float,
+        "Clients may send keepalive pings at most this often; a client pinging faster is disconnected.",
     ),
     "max_future_skew_seconds": SettingDoc(
         "RISKGATE_MAX_FUTURE_SKEW_SECONDS",
@@ -208,6 +270,8 @@ class Settings:
     fail_policy: str
     idempotency_hours: float
     decision_log_maxlen: int
+    decision_log_dedupe_hours: float
+    decision_log_backlog: int
     rules_dir: Path
     rules_poll_seconds: float
     data_dir: Path
@@ -216,6 +280,12 @@ class Settings:
     log_level: str
     log_format: str
     grace_seconds: float
+    drain_seconds: float
+    max_concurrent_rpcs: int
+    max_streams_per_connection: int
+    stream_idle_seconds: float
+    connection_idle_seconds: float
+    keepalive_min_seconds: float
     max_future_skew_seconds: float
     max_event_age_seconds: float
 

@@ -72,6 +72,7 @@ def start_server(tmp: Path, **env: str) -> RunningServer:
         RISKGATE_DATA_DIR=str(data_dir),
         RISKGATE_RULES_DIR=str(REPO / "rules"),
         RISKGATE_GRACE_SECONDS="5",
+        RISKGATE_DRAIN_SECONDS="0",  # tests of the drain set their own
     )
     environment.update(env)
     with log_path.open("wb") as log_file:

@@ -183,7 +183,7 @@ def test_unknown_setting_is_refused_with_a_suggestion(tmp_path: Path) -> None:
 
 
 def test_sigterm_lets_an_open_stream_finish_then_exits_cleanly(tmp_path: Path) -> None:
-    running = start_server(tmp_path)
+    running = start_server(tmp_path, RISKGATE_DRAIN_SECONDS="2")
     outbox: Queue[pb.ScreenRequest | None] = Queue()
 
     def requests() -> Iterator[pb.ScreenRequest]:
@@ -199,7 +199,7 @@ def test_sigterm_lets_an_open_stream_finish_then_exits_cleanly(tmp_path: Path) -
         while not answers:
             reader.join(0.05)
         running.process.send_signal(signal.SIGTERM)
-        # Health flips to NOT_SERVING while the open stream may still finish its work.
+        # Health flips to NOT_SERVING; through the drain the open stream is still served.
         outbox.put(samples.transfer(f"sig-2-{uuid.uuid4()}"))
         outbox.put(None)
         reader.join(20)

@@ -426,10 +426,14 @@ class DecisionLog:
                 )
             else:
                 log.error("%d decision-log entries lost at stop (no spool)", left, extra={"fields": {"entries": left}})
+        self.release()
+        return left
+
+    def release(self) -> None:
+        """fsync and close the spool, and let go of its lock (what is in it stays for the next start)."""
         if self._spool is not None:
             self._spool.close()
             self._spool = None
-        return left
 
 
 def failed_reason(replies: Sequence[Any]) -> str:

@@ -46,13 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.clock import Clock
 from service.counters.keys import KeyHasher
 from service.counters.spec import CounterSpec, Predicate, counters_to_update
 from service.counters.store import CounterPlan, CounterStore, RetractPlan
-from service.decision_log import DecisionLog, DecisionLogConfig, LogEntry
+from service.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
 from service.decisions import LOG_STREAM, decode_decision, encode_decision, log_entry
 from service.domain import Decision, Outcome, ScreenRequest
 from service.errors import InFlight, StoreUnavailable
@@ -312,6 +313,45 @@ class BoundRiskData:
         if stored is not None:
             return await self._answered(stored, key, deadline)
         return Observation(counters=counters, list_hits=hits, claim=mark, plan=_Attempt(key, plan))
+
+    def rehearse(
+        self,
+        request: ScreenRequest,
+        facts: Mapping[str, Scalar],
+        ids: Mapping[str, str],
+        list_checks: Collection[tuple[str, str]],
+        decision: Decision,
+    ) -> None:
+        """Everything `observe` and `record` compute for `request`, without sending it: the warm-up
+        before SERVING pays first-use costs here, and Redis is left as it was."""
+        store = self._store
+        updates = counters_to_update(self._spec, request.kind, facts, self._where)
+        values = {**{k: v for k, v in facts.items() if isinstance(v, str)}, **ids}
+        self._lists.plan(list_checks, values)
+        plan = self._counters.prepare(
+            occurred_at=request.occurred_at, kind=request.kind, facts=facts, ids=ids, updates=updates
+        )
+        if self._counters.folds_claim:
+            self._counters.with_claim(plan, key=b"warm-up", mark=store.attempt_mark(), px=PENDING_CLAIM_MS)
+        encode_decision(decision)
+        subject = store.hasher.identifier("person.id_number", ids["person.id_number"])
+        LogEntry.of(log_entry(request, decision, subject_hash=subject, counters={}, list_hits={}), 0).to_line()
+
+    async def warm_up(self) -> None:
+        """Connect and load the scripts a screening uses (nothing a rule can read is written).
+        Raises StoreUnavailable when Redis does not answer: the service then starts degraded."""
+        client = self._store.client
+        try:
+            async with asyncio.timeout(2.0):
+                if not isinstance(client, RedisCluster):
+                    pipe = self._counters.pipeline()
+                    pipe.execute_command("PING")  # opens the multiplexed connection requests ride
+                    await pipe.execute()
+                for script in (_RECORD, _CLAIM, LOG_ONCE):
+                    await client.script_load(script)  # on Redis Cluster: on every primary
+                await self._counters.load_script()
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as error:
+            raise StoreUnavailable(f"redis: {type(error).__name__}: {error}") from error
 
     async def _answered(self, stored: bytes, key: str, deadline: float | None) -> Observation:
         """An earlier attempt's decision, or (when it is still deciding) the decision it makes."""

@@ -253,3 +253,15 @@ def test_a_blocked_opening_does_not_count_as_an_account_held(own_redis: Embedded
         assert not any(r.rule_id.startswith("K04") for r in after_closing.reasons)
     finally:
         assert server.terminate() == 0
+
+
+def test_warm_up_before_serving_writes_nothing_to_redis(own_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    server = _external_server(tmp_path, own_redis.url)
+    try:
+        log = server.log()
+        assert 0 <= log.index('"msg": "warmed up"') < log.index('"msg": "serving"')
+        client = redis.Redis.from_url(own_redis.url)
+        assert client.dbsize() == 0  # nothing counted, claimed or logged: only scripts were loaded
+        client.close()
+    finally:
+        assert server.terminate() == 0

@@ -15,7 +15,7 @@ the set of written ids for the entry's minute (`{rg:log:decisions}:w:<minute>`,
 in the stream's cluster slot), and adds the id in the same atomic step. Copies
 of one write, in whatever order they reach Redis, append once. The sets live
 `dedupe_seconds` past their minute (`RISKGATE_DECISION_LOG_DEDUPE_HOURS`,
-about 80 bytes of Redis memory per decision kept); an entry whose first write
+94 bytes of Redis memory per decision kept); an entry whose first write
 was sent with its outcome unknown and that is written again only after that
 (an outage longer than the horizon) could appear twice, and is counted in
 `riskgate_decision_log_unverified_total`.
@@ -395,6 +395,10 @@ class DecisionLog:
                 log.debug("decision-log backlog not written yet: %s", error)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            except Exception:  # the writer must outlive a bug: its backlog is the log
+                log.exception("decision-log writer failed; trying again in 1 s")
+                await asyncio.sleep(_BACKOFF_MAX)
                 continue
             backoff = _BACKOFF_FIRST
             await asyncio.sleep(0)  # let requests run between chunks

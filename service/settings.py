@@ -165,7 +165,7 @@ SETTINGS: dict[str, SettingDoc] = {
         "1",
         _positive_float,
         "How long Redis remembers which decisions the log holds, so a write retried after a lost "
-        "reply appends nothing twice (about 80 bytes per decision made in that time).",
+        "reply appends nothing twice (94 bytes of Redis memory per decision made in that time).",
     ),
     "decision_log_backlog": SettingDoc(
         "RISKGATE_DECISION_LOG_BACKLOG",

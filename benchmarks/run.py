@@ -1,14 +1,16 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,counters] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
 2. rules alone (`benchmarks.rules_bench`): our durable_rules adapter against GoRules ZEN;
 3. counters alone (`benchmarks.counters_bench`, run as its own process): the counter round trip and
-   Redis memory per entity at full windows.
+   Redis memory per entity at full windows;
+4. fairness (`benchmarks.fairness`): a victim client's unary p50 / p99 alone, beside 2,000 idle
+   ScreenStreams and beside a greedy streaming client (target: p99 within 2x of alone).
 
-Loopback only; bounded (about 5 minutes on a 2-core machine, `--quick` about 1.5). Every result
+Loopback only; bounded (about 7.5 minutes on a 2-core machine, `--quick` about 2.5). Every result
 carries the versions (Python, grpcio, redis-server, durable_rules, zen-engine, ...) and the machine
 (cores, CPU model). The machines are shared and noisy: compare ratios from one run, not absolute
 figures across runs.
@@ -28,10 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, rules_bench
+from benchmarks import e2e, fairness, rules_bench
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
-PARTS = ("e2e", "rules", "counters")
+PARTS = ("e2e", "rules", "counters", "fairness")
 _COUNTERS_TIMEOUT = 240
 
 
@@ -63,7 +65,16 @@ def run_counters(quick: bool) -> Json:
     return figures
 
 
-RUNNERS: dict[str, Callable[[bool], Json]] = {"e2e": run_e2e, "rules": run_rules, "counters": run_counters}
+def run_fairness(quick: bool) -> Json:
+    return fairness.run_part(quick)
+
+
+RUNNERS: dict[str, Callable[[bool], Json]] = {
+    "e2e": run_e2e,
+    "rules": run_rules,
+    "counters": run_counters,
+    "fairness": run_fairness,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -141,6 +141,8 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             task.cancel()
 
     def _stopped_us(self) -> bool:
+        """Whether `end_idle_streams` ran: read when a stream's read is cancelled (a method, so the
+        flag is read then, not taken from the loop condition that saw it False)."""
         return self.stopping
 
     async def _decide(self, request: pb.ScreenRequest, rpc: str, time_remaining: float | None) -> Decision:

@@ -155,3 +155,32 @@ def test_sigterm_with_2000_open_streams_exits_within_drain_grace_and_two_seconds
     finally:
         if server.process.poll() is None:
             server.process.kill()
+
+
+@pytest.mark.timeout(60)
+def test_a_silent_stream_is_ended_after_the_idle_limit(tmp_path: Path, restartable_redis: RestartableRedis) -> None:
+    server = external_server(tmp_path, restartable_redis.url, RISKGATE_STREAM_IDLE_SECONDS="1")
+
+    async def scenario() -> tuple[bool, grpc.StatusCode, str, grpc.StatusCode]:
+        channels, calls = await _open_streams(server.address, 2, per_channel=2)
+        try:
+            busy, silent = calls
+            for index in range(10):  # 3 s; the busy stream sends every 0.3 s and is never idle for 1 s
+                await asyncio.sleep(0.3)
+                await busy.write(samples.closure(f"busy-{index}-{uuid.uuid4()}"))
+                assert (await busy.read()).decision_id
+            ended_meanwhile = silent.done()
+            code, details = await asyncio.wait_for(silent.code(), 5), await silent.details()
+            await busy.done_writing()
+            return ended_meanwhile, code, details, await busy.code()
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    try:
+        ended_meanwhile, code, details, busy_code = asyncio.run(scenario())
+        assert ended_meanwhile
+        assert code == grpc.StatusCode.UNAVAILABLE and "idle for 1 s" in details
+        assert busy_code == grpc.StatusCode.OK
+    finally:
+        assert server.terminate() == 0, server.log()[-3000:]

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
@@ -8,9 +8,12 @@
 3. counters alone (`benchmarks.counters_bench`, run as its own process): the counter round trip and
    Redis memory per entity at full windows;
 4. fairness (`benchmarks.fairness`): a victim client's unary p50 / p99 alone, beside 2,000 idle
-   ScreenStreams and beside a greedy streaming client (target: p99 within 2x of alone).
+   ScreenStreams and beside a greedy streaming client (target: p99 within 2x of alone);
+5. soak (`benchmarks.soak`): 1,000,000 screenings at a fixed rate (70% of a short closed-loop
+   calibration), the server's RSS sampled every 2% (target: flat within ±5% after the first 100k).
 
-Loopback only; bounded (about 7.5 minutes on a 2-core machine, `--quick` about 2.5). Every result
+Loopback only; bounded (about 23 minutes on a 2-core machine, of which the soak about 15 at
+~1,100 screenings/s; `--quick` about 5, the soak 150,000 screenings). Every result
 carries the versions (Python, grpcio, redis-server, durable_rules, zen-engine, ...) and the machine
 (cores, CPU model). The machines are shared and noisy: compare ratios from one run, not absolute
 figures across runs.
@@ -30,10 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, fairness, rules_bench
+from benchmarks import e2e, fairness, rules_bench, soak
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
-PARTS = ("e2e", "rules", "counters", "fairness")
+PARTS = ("e2e", "rules", "counters", "fairness", "soak")
 _COUNTERS_TIMEOUT = 240
 
 
@@ -69,17 +72,22 @@ def run_fairness(quick: bool) -> Json:
     return fairness.run_part(quick)
 
 
+def run_soak(quick: bool) -> Json:
+    return soak.run_part(quick)
+
+
 RUNNERS: dict[str, Callable[[bool], Json]] = {
     "e2e": run_e2e,
     "rules": run_rules,
     "counters": run_counters,
     "fairness": run_fairness,
+    "soak": run_soak,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short runs of everything (a smoke test, ~2 min)")
+    parser.add_argument("--quick", action="store_true", help="short runs of everything (a smoke test, ~5 min)")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--out", default=str(LATEST), help=f"results file (default {LATEST.relative_to(REPO)})")
     args = parser.parse_args(argv)

@@ -226,7 +226,8 @@ SETTINGS: dict[str, SettingDoc] = {
         "RISKGATE_MAX_STREAMS_PER_CONNECTION",
         "100",
         _positive_int,
-        "HTTP/2 streams (calls) one client connection may have open at once.",
+        "HTTP/2 streams (calls) one client connection may have open at once; more are refused at "
+        "once with UNAVAILABLE (REFUSED_STREAM: not processed, safe to retry).",
     ),
     "stream_idle_seconds": SettingDoc(
         "RISKGATE_STREAM_IDLE_SECONDS",

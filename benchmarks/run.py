@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak,first] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
@@ -10,7 +10,9 @@
 4. fairness (`benchmarks.fairness`): a victim client's unary p50 / p99 alone, beside 2,000 idle
    ScreenStreams and beside a greedy streaming client (target: p99 within 2x of alone);
 5. soak (`benchmarks.soak`): 1,000,000 screenings at a fixed rate (70% of a short closed-loop
-   calibration), the server's RSS sampled every 2% (target: flat within ±5% after the first 100k).
+   calibration), the server's RSS sampled every 2% (target: flat within ±5% after the first 100k);
+6. first request (`benchmarks.first_request`): the first screening of each kind after SERVING
+   against the tenth, over 5 fresh starts (target: as fast).
 
 Loopback only; bounded (about 23 minutes on a 2-core machine, of which the soak about 15 at
 ~1,100 screenings/s; `--quick` about 5, the soak 150,000 screenings). Every result
@@ -33,10 +35,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, fairness, rules_bench, soak
+from benchmarks import e2e, fairness, first_request, rules_bench, soak
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
-PARTS = ("e2e", "rules", "counters", "fairness", "soak")
+PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first")
 _COUNTERS_TIMEOUT = 240
 
 
@@ -76,12 +78,17 @@ def run_soak(quick: bool) -> Json:
     return soak.run_part(quick)
 
 
+def run_first(quick: bool) -> Json:
+    return first_request.run_part(quick)
+
+
 RUNNERS: dict[str, Callable[[bool], Json]] = {
     "e2e": run_e2e,
     "rules": run_rules,
     "counters": run_counters,
     "fairness": run_fairness,
     "soak": run_soak,
+    "first": run_first,
 }
 
 

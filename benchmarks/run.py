@@ -14,7 +14,7 @@
 6. first request (`benchmarks.first_request`): the first screening of each kind after SERVING
    against the tenth, over 5 fresh starts (target: as fast).
 
-Loopback only; bounded (about 23 minutes on a 2-core machine, of which the soak about 15 at
+Loopback only; bounded (about 24 minutes on a 2-core machine, of which the soak about 15 at
 ~1,100 screenings/s; `--quick` about 5, the soak 150,000 screenings). Every result
 carries the versions (Python, grpcio, redis-server, durable_rules, zen-engine, ...) and the machine
 (cores, CPU model). The machines are shared and noisy: compare ratios from one run, not absolute

@@ -9,13 +9,13 @@
    Redis memory per entity at full windows;
 4. fairness (`benchmarks.fairness`): a victim client's unary p50 / p99 alone, beside 2,000 idle
    ScreenStreams and beside a greedy streaming client (target: p99 within 2x of alone);
-5. soak (`benchmarks.soak`): 1,000,000 screenings at a fixed rate (70% of a short closed-loop
+5. soak (`benchmarks.soak`): 1,000,000 screenings at a fixed rate (60% of a short closed-loop
    calibration), the server's RSS sampled every 2% (target: flat within ±5% after the first 100k);
 6. first request (`benchmarks.first_request`): the first screening of each kind after SERVING
    against the tenth, over 5 fresh starts (target: as fast).
 
-Loopback only; bounded (about 24 minutes on a 2-core machine, of which the soak about 15 at
-~1,100 screenings/s; `--quick` about 5, the soak 150,000 screenings). Every result
+Loopback only; bounded (about 25 minutes on a 2-core machine, of which the soak about 16 at
+~1,050 screenings/s; `--quick` about 5.5, the soak 150,000 screenings). Every result
 carries the versions (Python, grpcio, redis-server, durable_rules, zen-engine, ...) and the machine
 (cores, CPU model). The machines are shared and noisy: compare ratios from one run, not absolute
 figures across runs.

@@ -66,7 +66,7 @@ typecheck: setup
 pytest: setup
 	$(BIN)/pytest
 
-# Benchmarks (README, "Performance"): about 24 minutes (the soak of a million screenings ~15), loopback only. zen-engine is the peer the
+# Benchmarks (README, "Performance"): about 25 minutes (the soak of a million screenings ~16), loopback only. zen-engine is the peer the
 # rules are measured against, py-spy the profiler of `python -m benchmarks.profile`; neither is a
 # dependency of the service.
 bench: setup

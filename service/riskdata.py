@@ -289,12 +289,7 @@ class BoundRiskData:
         key = store.request_key(request)
         mark = store.attempt_mark()
         attempt = _Attempt(key, None)
-        updates = counters_to_update(self._spec, request.kind, facts, self._where)
-        values = {**{k: v for k, v in facts.items() if isinstance(v, str)}, **ids}
-        lookups = self._lists.plan(list_checks, values)
-        plan = self._counters.prepare(
-            occurred_at=request.occurred_at, kind=request.kind, facts=facts, ids=ids, updates=updates
-        )
+        lookups, plan = self._plan(request, facts, ids, list_checks)
         if self._counters.folds_claim:
             plan = self._counters.with_claim(plan, key=key.encode(), mark=mark, px=PENDING_CLAIM_MS)
         else:
@@ -324,18 +319,39 @@ class BoundRiskData:
     ) -> None:
         """Everything `observe` and `record` compute for `request`, without sending it: the warm-up
         before SERVING pays first-use costs here, and Redis is left as it was."""
-        store = self._store
+        _, plan = self._plan(request, facts, ids, list_checks)
+        if self._counters.folds_claim:
+            self._counters.with_claim(plan, key=b"warm-up", mark=self._store.attempt_mark(), px=PENDING_CLAIM_MS)
+        encode_decision(decision)
+        self._log_entry(request, decision, ids, {}, {}).to_line()
+
+    def _plan(
+        self,
+        request: ScreenRequest,
+        facts: Mapping[str, Scalar],
+        ids: Mapping[str, str],
+        list_checks: Collection[tuple[str, str]],
+    ) -> tuple[dict[str, list[tuple[str, str]]], CounterPlan]:
+        """The watchlist look-ups and the counter plan of a request (pure: nothing is sent)."""
         updates = counters_to_update(self._spec, request.kind, facts, self._where)
         values = {**{k: v for k, v in facts.items() if isinstance(v, str)}, **ids}
-        self._lists.plan(list_checks, values)
+        lookups = self._lists.plan(list_checks, values)
         plan = self._counters.prepare(
             occurred_at=request.occurred_at, kind=request.kind, facts=facts, ids=ids, updates=updates
         )
-        if self._counters.folds_claim:
-            self._counters.with_claim(plan, key=b"warm-up", mark=store.attempt_mark(), px=PENDING_CLAIM_MS)
-        encode_decision(decision)
-        subject = store.hasher.identifier("person.id_number", ids["person.id_number"])
-        LogEntry.of(log_entry(request, decision, subject_hash=subject, counters={}, list_hits={}), 0).to_line()
+        return lookups, plan
+
+    def _log_entry(
+        self,
+        request: ScreenRequest,
+        decision: Decision,
+        ids: Mapping[str, str],
+        counters: Mapping[str, int | float],
+        list_hits: Mapping[tuple[str, str], bool],
+    ) -> LogEntry:
+        subject = self._store.hasher.identifier("person.id_number", ids["person.id_number"])
+        fields = log_entry(request, decision, subject_hash=subject, counters=counters, list_hits=list_hits)
+        return LogEntry.of(fields, int(decision.decided_at.timestamp() * 1000))
 
     async def warm_up(self) -> None:
         """Connect and load the scripts a screening uses (nothing a rule can read is written).
@@ -396,14 +412,7 @@ class BoundRiskData:
     ) -> None:
         """Keep the decision for retries, undo a blocked opening's active counts, and log it."""
         store = self._store
-        entry = log_entry(
-            request,
-            decision,
-            subject_hash=store.hasher.identifier("person.id_number", ids["person.id_number"]),
-            counters=observation.counters,
-            list_hits=observation.list_hits,
-        )
-        logged = LogEntry.of(entry, int(decision.decided_at.timestamp() * 1000))
+        logged = self._log_entry(request, decision, ids, observation.counters, observation.list_hits)
         if not store.breaker.allow():
             store.log.defer(logged, sent=False)
             return

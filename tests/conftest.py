@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.redis_embedded import EmbeddedRedis, RedisOptions
+from service.redis_embedded import EmbeddedRedis, RedisOptions, find_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -116,3 +117,17 @@ def redis_cluster_url(redis_cluster: list[EmbeddedRedis]) -> Iterator[str]:
         client.flushall()
         client.close()
     yield f"redis://127.0.0.1:{redis_cluster[0].port}/0"
+
+
+def start_unowned_redis(conf: Path) -> int:
+    """A redis-server on `conf` whose parent (a shell) has already exited, as after a crash of a
+    riskgate that started it without the parent-death signal; its pid."""
+    shell = subprocess.run(
+        ["sh", "-c", '"$0" "$1" >/dev/null 2>&1 </dev/null & echo $!', find_redis_server(), str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+        start_new_session=True,
+    )
+    return int(shell.stdout)

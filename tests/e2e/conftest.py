@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -94,3 +95,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     yield running
     code = running.terminate()
     assert code == 0, running.log()
+
+
+def external_server(tmp: Path, redis_url: str, *, budget_ms: int, **env: str) -> RunningServer:
+    """`start_server` against a redis-server the test started, with the hash secret that needs
+    (created in `tmp` once, so a restart on the same `tmp` reads the same keys) and a Redis budget
+    chosen by the test, not the 10 ms default a shared CI machine's noise can exceed."""
+    secret = tmp / "hash-secret"
+    if not secret.exists():
+        secret.write_text(secrets.token_hex(32))
+    env.setdefault("RISKGATE_REDIS_BUDGET_MS", str(budget_ms))
+    return start_server(tmp, RISKGATE_REDIS_URL=redis_url, RISKGATE_HASH_SECRET_FILE=str(secret), **env)

@@ -7,7 +7,6 @@ The server runs as a real process against a redis-server these tests start
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
 import time
 import uuid
@@ -26,19 +25,15 @@ from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.redis_embedded import EmbeddedRedis, RedisOptions, free_port
 from tests import samples
-from tests.e2e.conftest import RunningServer, start_server
+from tests.e2e.conftest import RunningServer, external_server
 from tests.redis_dump import dump_everything
 
 pytestmark = pytest.mark.e2e
 
 
 def _external_server(tmp: Path, redis_url: str, **env: str) -> RunningServer:
-    secret = tmp / "hash-secret"
-    if not secret.exists():
-        secret.write_text(secrets.token_hex(32))
     # A generous budget: these tests are about what is counted, not about a slow, shared CI machine.
-    env.setdefault("RISKGATE_REDIS_BUDGET_MS", "250")
-    return start_server(tmp, RISKGATE_REDIS_URL=redis_url, RISKGATE_HASH_SECRET_FILE=str(secret), **env)
+    return external_server(tmp, redis_url, budget_ms=250, **env)
 
 
 @pytest.fixture

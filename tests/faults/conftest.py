@@ -4,7 +4,6 @@ logged after Redis is killed, stopped or restarted, or the server is stopped."""
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 import urllib.request
@@ -25,7 +24,8 @@ from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.redis_embedded import EmbeddedRedis, RedisOptions, free_port
 from tests import samples
-from tests.e2e.conftest import RunningServer, start_server
+from tests.e2e import conftest as e2e
+from tests.e2e.conftest import RunningServer
 
 LOG_STREAM = "rg:log:decisions"
 FRAUD_PAYEE = "6217000099998888777"
@@ -74,13 +74,9 @@ def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
 
 
 def external_server(tmp: Path, redis_url: str, **env: str) -> RunningServer:
-    secret = tmp / "hash-secret"
-    if not secret.exists():
-        secret.write_text(secrets.token_hex(32))
     # These tests are about recovering and counting, not a 10 ms budget on a shared 2-core machine:
     # a budget the machine's noise does not exceed, well inside the load's 200 ms deadlines.
-    env.setdefault("RISKGATE_REDIS_BUDGET_MS", "50")
-    return start_server(tmp, RISKGATE_REDIS_URL=redis_url, RISKGATE_HASH_SECRET_FILE=str(secret), **env)
+    return e2e.external_server(tmp, redis_url, budget_ms=50, **env)
 
 
 def list_fraud_payee(server: RunningServer) -> None:

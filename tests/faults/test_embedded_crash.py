@@ -24,9 +24,9 @@ from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.redis_embedded import PID_FILE, find_redis_server, free_port
+from service.redis_embedded import PID_FILE, free_port
 from tests import samples
-from tests.conftest import REPO
+from tests.conftest import REPO, start_unowned_redis
 from tests.e2e.conftest import RISKGATE, RunningServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(55)]
@@ -238,15 +238,7 @@ def test_a_redis_server_leaked_by_an_older_riskgate_is_stopped_at_start(fleet: F
     # and the default process title ("redis-server unixsocket:<path>") instead of its argv.
     conf = fleet.redis_dir / "redis.conf"
     conf.write_text(conf.read_text().replace("set-proc-title no\n", ""))
-    leaked = subprocess.run(
-        ["sh", "-c", '"$0" "$1" >/dev/null 2>&1 </dev/null & echo $!', find_redis_server(), str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-        start_new_session=True,
-    )
-    leaked_pid = int(leaked.stdout)
+    leaked_pid = start_unowned_redis(conf)
     deadline = time.monotonic() + 10
     while not (fleet.redis_dir / "redis.sock").exists():
         assert time.monotonic() < deadline, "the leaked redis-server did not start"

@@ -17,8 +17,8 @@ import redis
 
 from service import redis_embedded
 from service.errors import RedisLaunchError
-from service.redis_embedded import PID_FILE, EmbeddedRedis, RedisOptions, find_redis_server, process_argv
-from tests.conftest import REPO
+from service.redis_embedded import PID_FILE, EmbeddedRedis, RedisOptions, process_argv
+from tests.conftest import REPO, start_unowned_redis
 
 pytestmark = pytest.mark.integration
 
@@ -125,15 +125,7 @@ def _start_orphan(conf: Path, pids: list[int]) -> int:
     """A redis-server on `conf` whose parent (a shell) has already exited, as after a crash.
 
     Started without the parent-death signal, the way riskgate did before it set one."""
-    shell = subprocess.run(
-        ["sh", "-c", '"$0" "$1" >/dev/null 2>&1 </dev/null & echo $!', find_redis_server(), str(conf)],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=True,
-        start_new_session=True,
-    )
-    pid = int(shell.stdout)
+    pid = start_unowned_redis(conf)
     pids.append(pid)
     return pid
 

@@ -158,14 +158,17 @@ class Spool:
         self.lines += 1
 
     def sync(self) -> None:
+        """fsync what was appended (safe on a worker thread while the event loop appends: a write
+        during the fsync marks the file dirty again for the next call)."""
         if self._dirty:
-            os.fsync(self._fd)
             self._dirty = False
+            os.fsync(self._fd)
 
     def clear(self) -> None:
         os.ftruncate(self._fd, 0)
-        os.fsync(self._fd)
-        self._dirty = False
+        # The next sync makes the truncation durable; a crash before it replays entries that
+        # LOG_ONCE then finds written.
+        self._dirty = True
         self.lines = 0
 
     def rewrite(self, entries: Iterable[LogEntry]) -> None:
@@ -222,6 +225,9 @@ class DecisionLog:
         self._unlogged_drops = 0
         self._last_drop_log = float("-inf")
         self._last_sync = 0.0
+        # The spool's fsync runs on a worker thread: a slow disk (200 ms and more, seen on shared
+        # machines) must not hold the event loop, and with it every request, while it syncs.
+        self._syncing: asyncio.Task[None] | None = None
         if self._spool is not None:
             entries, bad = self._spool.read()
             if bad:
@@ -356,7 +362,7 @@ class DecisionLog:
             if spool.lines:
                 spool.clear()
             self._written_since_rewrite = 0
-        elif self._written_since_rewrite > max(10_000, len(self._backlog)):
+        elif self._written_since_rewrite > max(10_000, len(self._backlog)) and self._syncing is None:
             spool.rewrite(self._backlog)
             self._written_since_rewrite = 0
 
@@ -404,10 +410,23 @@ class DecisionLog:
             await asyncio.sleep(0)  # let requests run between chunks
 
     def _sync_due(self) -> None:
+        """Start the spool's fsync on a worker thread once a second (one at a time)."""
         now = self._clock.monotonic()
-        if now - self._last_sync >= _SYNC_SECONDS:
-            self.sync()
-            self._last_sync = now
+        if self._spool is None or self._syncing is not None or now - self._last_sync < _SYNC_SECONDS:
+            return
+        self._last_sync = now
+        self._syncing = asyncio.get_running_loop().create_task(asyncio.to_thread(self._spool.sync))
+        self._syncing.add_done_callback(self._synced)
+
+    def _synced(self, task: asyncio.Task[None]) -> None:
+        self._syncing = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("decision-log spool: fsync failed: %s", task.exception())
+
+    async def _sync_done(self) -> None:
+        if self._syncing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._syncing)
 
     async def close(self, budget_seconds: float) -> int:
         """Write what the backlog holds within `budget_seconds`; the rest stays in the spool for the
@@ -420,6 +439,7 @@ class DecisionLog:
             except (RedisError, OSError, TimeoutError):
                 break
         left = len(self._backlog)
+        await self._sync_done()
         if left:
             if self._spool is not None:
                 log.warning(

@@ -45,7 +45,8 @@ def _check_recovery(
 ) -> None:
     during = load.between(*outage)
     assert during, "no request was made during the outage"
-    assert all(a.code == "OK" for a in during), {a.code for a in during}  # degraded, never an error
+    failed = [(round(a.sent_at - outage[0], 3), a.code) for a in during if a.code != "OK"]
+    assert not failed, f"{len(failed)} of {len(during)} not answered (s after the outage began, code): {failed[:20]}"
     assert _degraded(during) >= len(during) * 0.9
     assert any(status == NOT_SERVING for at, status in health if outage[0] + 1.5 < at < outage[1])
     # Within 2 s of Redis answering: health SERVING, and every answer from then on has its risk data.

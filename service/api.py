@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.domain import Decision, Outcome, Reason
-from service.errors import InFlight, RiskgateError, StoreUnavailable, ValidationError
+from service.errors import InFlight, RequestIdReused, RiskgateError, StoreUnavailable, ValidationError
 
 _OUTCOMES = {
     Outcome.UNSPECIFIED: pb.OUTCOME_UNSPECIFIED,
@@ -28,6 +28,8 @@ def status_of(error: RiskgateError) -> grpc.StatusCode:
     """The gRPC status code for an error that reaches the API edge."""
     if isinstance(error, ValidationError):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, RequestIdReused):
+        return grpc.StatusCode.ALREADY_EXISTS
     if isinstance(error, InFlight):
         return grpc.StatusCode.ABORTED
     if isinstance(error, StoreUnavailable):

@@ -4,6 +4,10 @@
   holds the decision made for a request as compact JSON, so that a retry
   within `RISKGATE_IDEMPOTENCY_HOURS` gets the same decision back, marked
   `replayed`, and counts nothing again.
+  The record begins with the request's **fingerprint** (`fingerprint_text`,
+  kept as a keyed hash): a retry is only "the same request" when every field
+  but `request_id` and `occurred_at` is the same; anything else under a used
+  request_id is refused (`RequestIdReused`), never answered from the record.
 * The **decision log** is a Redis Stream (`rg:log:decisions`) capped at
   `RISKGATE_DECISION_LOG_MAXLEN` entries (approximate trimming). Each entry:
   decision id, request id, time, event kind, institution and outlet, outcome,
@@ -15,12 +19,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
+from service.domain import Decision, EventKind, Outcome, Outlet, Person, Reason, ScreenRequest
 
 LOG_STREAM = "decisions"
 
@@ -71,6 +77,71 @@ def decode_decision(data: bytes) -> Decision:
         replayed=True,
         kind=EventKind(document["k"]) if document["k"] else None,
     )
+
+
+# --- the request's fingerprint ---------------------------------------------------------
+
+# Fields the validator derives from others, left out (so a retry re-stamped across midnight is
+# still the same request): a person's birth date, age, sex and region come from the ID number and
+# the event date, an outlet's province from its region.
+_DERIVED: dict[type, frozenset[str]] = {
+    Person: frozenset({"birth_date", "age", "sex", "region_code", "province_code", "region_known", "non_local"}),
+    Outlet: frozenset({"province_code"}),
+}
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _fields_of(kind: type) -> tuple[str, ...]:
+    names = _FIELDS.get(kind)
+    if names is None:
+        derived = _DERIVED.get(kind, frozenset())
+        names = _FIELDS[kind] = tuple(f.name for f in dataclasses.fields(kind) if f.name not in derived)
+    return names
+
+
+def _canonical(value: object, out: list[str]) -> None:
+    if dataclasses.is_dataclass(value):
+        out.append("(" + type(value).__name__)
+        for name in _fields_of(type(value)):
+            out.append(name)
+            _canonical(getattr(value, name), out)
+        out.append(")")
+    elif value is None:
+        out.append("~")
+    elif isinstance(value, datetime):
+        out.append(value.astimezone(UTC).isoformat(timespec="microseconds"))
+    elif isinstance(value, enum.Enum):
+        out.append(f"{type(value).__name__}.{value.name}")
+    else:
+        out.append(repr(value))
+
+
+def fingerprint_text(request: ScreenRequest) -> str:
+    """What makes a request "the same" for idempotency: every field as validated (normalised: an
+    ID number's check character upper-cased, defaults filled in) except `request_id`, which
+    names it, and `occurred_at`, which a terminal's retry may stamp again. Contains identifiers
+    in clear: only its keyed hash is ever kept."""
+    out: list[str] = []
+    _canonical(request.outlet, out)
+    _canonical(request.event, out)
+    return "\x1f".join(out)
+
+
+RECORD_SEPARATOR = b"|"
+
+
+def encode_record(fingerprint: bytes, decision: Decision) -> bytes:
+    """The idempotency record: the request's fingerprint (its keyed hash), then the decision."""
+    return fingerprint + RECORD_SEPARATOR + encode_decision(decision)
+
+
+def decode_record(stored: bytes) -> tuple[bytes | None, Decision]:
+    """A stored record's fingerprint and decision (marked replayed). A record written before
+    fingerprints were kept (plain JSON) has none: it is replayed as before, for its last hours."""
+    if stored.startswith(b"{"):
+        return None, decode_decision(stored)
+    fingerprint, _, document = stored.partition(RECORD_SEPARATOR)
+    return fingerprint, decode_decision(document)
 
 
 def log_entry(

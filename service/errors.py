@@ -81,5 +81,10 @@ class InFlight(StoreUnavailable):
     """Another attempt of the same request_id is still being decided; the caller should retry shortly."""
 
 
+class RequestIdReused(RiskgateError):
+    """A request_id already used (decided or in flight) for a different request. Maps to
+    ALREADY_EXISTS; nothing is counted, nothing is screened."""
+
+
 class RedisLaunchError(RiskgateError):
     """The embedded redis-server could not be found or started."""

@@ -8,7 +8,11 @@ Per request, in order:
    short TTL, so a crashed attempt does not block retries for long) and the
    counters are updated and read. A retry of a decided request gets that
    decision back, marked `replayed`; a retry racing an attempt still in
-   flight waits for its decision. On a single Redis the claim is the first
+   flight waits for its decision. Both only when it is the same request
+   (its fingerprint, `service.decisions.fingerprint_text`, is kept in the
+   pending mark and the record): a different request under a used
+   request_id is refused with `RequestIdReused` (ALREADY_EXISTS) and counts
+   nothing. On a single Redis the claim is the first
    step of the counter script's call (`CounterStore.with_claim`), so claim,
    counters and watchlist look-ups are one round trip; on Redis Cluster the
    claim's key and the counters' live on different nodes, so the claim is a
@@ -54,9 +58,9 @@ from service.counters.keys import KeyHasher
 from service.counters.spec import CounterSpec, Predicate, counters_to_update
 from service.counters.store import CounterPlan, CounterStore, RetractPlan
 from service.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
-from service.decisions import LOG_STREAM, decode_decision, encode_decision, log_entry
+from service.decisions import LOG_STREAM, decode_record, encode_record, fingerprint_text, log_entry
 from service.domain import Decision, Outcome, ScreenRequest
-from service.errors import InFlight, StoreUnavailable
+from service.errors import InFlight, RequestIdReused, StoreUnavailable
 from service.facts import Scalar
 from service.lists import ListSpec, Watchlists
 from service.logs import Throttled
@@ -67,7 +71,7 @@ log = logging.getLogger("riskgate.riskdata")
 BREAKER_FAILURES = 3
 BREAKER_OPEN_SECONDS = 1.0
 PENDING_CLAIM_MS = 10_000
-_PENDING = b"\x00pending:"  # followed by the claiming attempt's token
+_PENDING = b"\x00pending:"  # followed by the request's fingerprint, ":" and the attempt's token
 _RETRY_POLL_SECONDS = 0.005
 T = TypeVar("T")
 
@@ -94,9 +98,11 @@ return 1
 
 @dataclass(frozen=True, slots=True)
 class _Attempt:
-    """This attempt at a request, for `record`: its idempotency key and what it counted."""
+    """This attempt at a request, for `record`: its idempotency key, its request's fingerprint
+    and what it counted."""
 
     key: str
+    fingerprint: bytes
     counted: CounterPlan | None
 
 
@@ -154,8 +160,10 @@ class RiskDataStore:
         max_future_skew_seconds: float,
         on_log_dropped: Callable[[int], None] | None = None,
         on_log_unverified: Callable[[int], None] | None = None,
+        on_request_id_reused: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
+        self._on_reused = on_request_id_reused
         self.hasher = hasher
         self.clock = clock
         self.config = config
@@ -179,7 +187,7 @@ class RiskDataStore:
         self._bound: dict[str, BoundRiskData] = {}
         # Attempt marks: unique per process (a random prefix) and attempt (a counter); a uuid4
         # each cost ~13 us.
-        self._mark_prefix = _PENDING + os.urandom(8).hex().encode() + b":"
+        self._mark_prefix = os.urandom(8).hex().encode() + b":"
         self._marks = itertools.count()
 
     def for_rules(
@@ -228,24 +236,44 @@ class RiskDataStore:
 
     # --- idempotency --------------------------------------------------------------
 
-    def attempt_mark(self) -> bytes:
+    def attempt_mark(self, fingerprint: bytes) -> bytes:
         """A new attempt's pending mark: what its claim stores until its decision replaces it."""
-        return b"%b%d" % (self._mark_prefix, next(self._marks))
+        return b"%b%b:%b%d" % (_PENDING, fingerprint, self._mark_prefix, next(self._marks))
+
+    def fingerprint(self, request: ScreenRequest) -> bytes:
+        """The keyed hash of what makes `request` the same request (`fingerprint_text`)."""
+        return self.hasher.entity((("request", fingerprint_text(request)),)).encode("ascii")
+
+    def check_same(self, stored_fingerprint: bytes | None, fingerprint: bytes) -> None:
+        """Refuse a request_id already used for a different request (a legacy record without a
+        fingerprint passes)."""
+        if stored_fingerprint is not None and stored_fingerprint != fingerprint:
+            if self._on_reused is not None:
+                self._on_reused()
+            raise RequestIdReused(
+                "request_id was already used for a different request (only a retry of the same request,"
+                " with every field but occurred_at unchanged, may reuse it); send this one with a new request_id"
+            )
 
     def request_key(self, request: ScreenRequest) -> str:
         entity = self.hasher.entity((("institution", request.outlet.institution_id), ("request", request.request_id)))
         return f"{self.hasher.prefix}:r:{{{entity}}}"
 
-    async def await_other_attempt(self, key: str, deadline: float | None) -> Decision:
+    async def await_other_attempt(self, key: str, fingerprint: bytes, deadline: float | None) -> Decision:
         """Another attempt of this request holds the claim: wait (within limits) for its decision."""
-        give_up = self.clock.monotonic() + max(self.config.budget_seconds * 50, 0.5)
+        now = self.clock.monotonic()
+        give_up = now + max(self.config.budget_seconds * 50, 0.5)
         if deadline is not None:
-            give_up = min(give_up, deadline - 0.002)
+            # Give up early enough for ABORTED ("retry shortly") to reach the caller before its
+            # deadline does: 50 ms, or a quarter of what is left when that is less.
+            give_up = min(give_up, deadline - min(0.05, (deadline - now) / 4))
         while self.clock.monotonic() < give_up:
             await asyncio.sleep(_RETRY_POLL_SECONDS)
             stored = await self.bounded(cast(Awaitable[bytes | None], self.client.get(key)), deadline)
             if stored is not None and not stored.startswith(_PENDING):
-                return decode_decision(stored)
+                stored_fingerprint, decision = decode_record(stored)
+                self.check_same(stored_fingerprint, fingerprint)
+                return decision
         raise InFlight("a screening with this request_id is still in progress; retry shortly")
 
     # --- the decision log -----------------------------------------------------------
@@ -287,8 +315,9 @@ class BoundRiskData:
     ) -> Observation:
         store = self._store
         key = store.request_key(request)
-        mark = store.attempt_mark()
-        attempt = _Attempt(key, None)
+        fingerprint = store.fingerprint(request)
+        mark = store.attempt_mark(fingerprint)
+        attempt = _Attempt(key, fingerprint, None)
         lookups, plan = self._plan(request, facts, ids, list_checks)
         if self._counters.folds_claim:
             plan = self._counters.with_claim(plan, key=key.encode(), mark=mark, px=PENDING_CLAIM_MS)
@@ -299,15 +328,15 @@ class BoundRiskData:
                 store.warn.warning("risk data unavailable: %s", error, fields={"step": "claim"})
                 return Observation(degraded=True, claim=mark, plan=attempt)
             if stored is not None:
-                return await self._answered(stored, key, deadline)
+                return await self._answered(stored, key, fingerprint, deadline)
         try:
             stored, counters, hits = await store.bounded(self._read(plan, lookups, request), deadline)
         except StoreUnavailable as error:
             store.warn.warning("risk data unavailable: %s", error, fields={"step": "counters"})
             return Observation(degraded=True, claim=mark, plan=attempt)
         if stored is not None:
-            return await self._answered(stored, key, deadline)
-        return Observation(counters=counters, list_hits=hits, claim=mark, plan=_Attempt(key, plan))
+            return await self._answered(stored, key, fingerprint, deadline)
+        return Observation(counters=counters, list_hits=hits, claim=mark, plan=_Attempt(key, fingerprint, plan))
 
     def rehearse(
         self,
@@ -321,8 +350,10 @@ class BoundRiskData:
         before SERVING pays first-use costs here, and Redis is left as it was."""
         _, plan = self._plan(request, facts, ids, list_checks)
         if self._counters.folds_claim:
-            self._counters.with_claim(plan, key=b"warm-up", mark=self._store.attempt_mark(), px=PENDING_CLAIM_MS)
-        encode_decision(decision)
+            fingerprint = self._store.fingerprint(request)
+            mark = self._store.attempt_mark(fingerprint)
+            self._counters.with_claim(plan, key=b"warm-up", mark=mark, px=PENDING_CLAIM_MS)
+        encode_record(b"warm-up", decision)
         self._log_entry(request, decision, ids, {}, {}).to_line()
 
     def _plan(
@@ -369,11 +400,16 @@ class BoundRiskData:
         except (RedisError, RedisClusterException, OSError, TimeoutError) as error:
             raise StoreUnavailable(f"redis: {type(error).__name__}: {error}") from error
 
-    async def _answered(self, stored: bytes, key: str, deadline: float | None) -> Observation:
-        """An earlier attempt's decision, or (when it is still deciding) the decision it makes."""
+    async def _answered(self, stored: bytes, key: str, fingerprint: bytes, deadline: float | None) -> Observation:
+        """An earlier attempt's decision, or (when it is still deciding) the decision it makes; for
+        a different request under the same request_id, RequestIdReused (nothing was counted)."""
+        store = self._store
         if stored.startswith(_PENDING):
-            return Observation(previous=await self._store.await_other_attempt(key, deadline))
-        return Observation(previous=decode_decision(stored))
+            store.check_same(stored[len(_PENDING) :].partition(b":")[0] or None, fingerprint)
+            return Observation(previous=await store.await_other_attempt(key, fingerprint, deadline))
+        stored_fingerprint, decision = decode_record(stored)
+        store.check_same(stored_fingerprint, fingerprint)
+        return Observation(previous=decision)
 
     async def _claim(self, key: str, mark: bytes) -> bytes | None:
         """The stored decision (or another attempt's pending mark) for `key`, or None after claiming it.
@@ -419,10 +455,17 @@ class BoundRiskData:
         pipe = self._counters.pipeline()
         attempt = observation.plan if isinstance(observation.plan, _Attempt) else None
         key = attempt.key if attempt is not None else store.request_key(request)
+        fingerprint = attempt.fingerprint if attempt is not None else store.fingerprint(request)
         queued = 0
         if observation.claim:
             pipe.execute_command(
-                "EVAL", _RECORD, 1, key, observation.claim, encode_decision(decision), store.config.idempotency_ms
+                "EVAL",
+                _RECORD,
+                1,
+                key,
+                observation.claim,
+                encode_record(fingerprint, decision),
+                store.config.idempotency_ms,
             )
             queued += 1
         retract: RetractPlan | None = None

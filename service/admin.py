@@ -1,7 +1,10 @@
 """The administration gRPC services: watchlist entries and ruleset reloads.
 
 Identifiers arrive in clear and are hashed at once; they never appear in
-answers, logs or errors. Each change is logged with who made it.
+answers, logs or errors. Who made a change is the principal the credentials
+name (`service.access.guard`), never what the caller writes: its `added_by`
+/ `removed_by` is kept as a free-text note. Every change, and every attempt
+that failed, is appended to the audit trail (`service.access.audit`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from redis.exceptions import RedisError
 
 from service._gen.riskgate.v1 import admin_pb2 as pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as pb_grpc
+from service.access.audit import AuditEntry, AuditTrail
+from service.access.guard import Principal, current_principal
+from service.access.limits import CheckEntryLimit
 from service.clock import Clock
 from service.errors import InvalidValue, StoreUnavailable
 from service.lists import Entry, UnknownList, Watchlists
-from service.validate import parse_text, parse_timestamp
+from service.validate import parse_timestamp
 
 log = logging.getLogger("riskgate.admin")
 
@@ -56,12 +62,43 @@ async def _fail(context: Context, error: Exception) -> None:
     await context.abort(grpc.StatusCode.UNAVAILABLE, f"watchlists unavailable: {error}")
 
 
+def _note(text: str) -> str:
+    """The caller's free-text `added_by` / `removed_by`, as a note (at most 64 characters)."""
+    return " ".join(text.split())[:64]
+
+
+def _result(error: Exception) -> str:
+    if isinstance(error, UnknownList):
+        return "NOT_FOUND"
+    if isinstance(error, InvalidValue):
+        return f"INVALID_ARGUMENT: {error.problem}"
+    return "UNAVAILABLE"
+
+
 class WatchlistsService(pb_grpc.WatchlistsServicer):
-    def __init__(self, lists: Callable[[], Watchlists], clock: Clock) -> None:
+    def __init__(
+        self,
+        lists: Callable[[], Watchlists],
+        clock: Clock,
+        audit: AuditTrail,
+        *,
+        check_limit: CheckEntryLimit,
+        on_limited: Callable[[str], None] | None = None,
+    ) -> None:
         self._lists = lists  # the current declaration: lists.yaml may be reloaded
         self._clock = clock
+        self._audit = audit
+        self._check_limit = check_limit
+        self._on_limited = on_limited
+
+    async def _record(self, principal: Principal, action: str, **fields: str) -> None:
+        await self._audit.record(
+            AuditEntry(principal=principal.name, identity=principal.identity, action=action, **fields)
+        )
 
     async def AddEntry(self, request: pb.AddEntryRequest, context: Context) -> pb.WatchlistEntry:
+        principal = current_principal()
+        note = _note(request.added_by)
         expires_at = None
         try:
             if request.HasField("expires_at"):
@@ -70,39 +107,76 @@ class WatchlistsService(pb_grpc.WatchlistsServicer):
                 request.list,
                 request.value,
                 reason=request.reason,
-                added_by=request.added_by,
+                added_by=principal.name,
                 expires_at=expires_at,
                 now=self._clock.now(),
             )
         except (UnknownList, InvalidValue, *_STORE_ERRORS) as error:
+            await self._record(
+                principal, "lists.add", list=request.list, reason=request.reason[:256], note=note, result=_result(error)
+            )
             await _fail(context, error)
             raise  # unreachable: abort raises
-        log.info(
-            "watchlist entry added",
-            extra={"fields": {"list": entry.list, "value_hash": entry.value_hash, "by": entry.added_by}},
+        await self._record(
+            principal,
+            "lists.add",
+            list=entry.list,
+            value_hash=entry.value_hash,
+            reason=entry.reason,
+            note=note,
+            detail=f"expires_at={entry.expires_at.isoformat() if entry.expires_at else 'never'}",
         )
         return entry_to_proto(entry)
 
     async def RemoveEntry(self, request: pb.RemoveEntryRequest, context: Context) -> pb.RemoveEntryResponse:
+        principal = current_principal()
+        note = _note(request.removed_by)
+        value_hash = ""
         try:
-            removed_by = parse_text(request.removed_by, max_length=64, required=True)
             lists = self._lists()
-            removed = await lists.remove(request.list, request.value, now=self._clock.now())
+            now = self._clock.now()
+            value_hash = lists.value_hash(request.list, request.value, now=now)
+            removed = await lists.remove(request.list, request.value, now=now)
         except (UnknownList, InvalidValue, *_STORE_ERRORS) as error:
+            await self._record(
+                principal, "lists.remove", list=request.list, value_hash=value_hash, note=note, result=_result(error)
+            )
             await _fail(context, error)
             raise
-        log.info("watchlist entry removed", extra={"fields": {"list": request.list, "by": removed_by}})
+        await self._record(
+            principal,
+            "lists.remove",
+            list=request.list,
+            value_hash=value_hash,
+            note=note,
+            result="ok" if removed else "ok: not listed",
+        )
         return pb.RemoveEntryResponse(removed=removed)
 
     async def CheckEntry(self, request: pb.CheckEntryRequest, context: Context) -> pb.CheckEntryResponse:
+        """Listed or not, nothing more (the entry's reason, author and dates are for the audit
+        trail and the back office's own records), at most RISKGATE_CHECK_ENTRY_PER_MINUTE calls a
+        minute per principal."""
+        principal = current_principal()
+        try:
+            allowed = await self._check_limit.allow(principal.name, self._clock)
+        except _STORE_ERRORS as error:
+            await _fail(context, error)
+            raise
+        if not allowed:
+            if self._on_limited is not None:
+                self._on_limited(principal.name)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"CheckEntry limit reached: {self._check_limit.per_minute} a minute for principal "
+                f"'{principal.name}' (RISKGATE_CHECK_ENTRY_PER_MINUTE); retry next minute",
+            )
         try:
             entry = await self._lists().check(request.list, request.value, at=self._clock.now())
         except (UnknownList, InvalidValue, *_STORE_ERRORS) as error:
             await _fail(context, error)
             raise
-        if entry is None:
-            return pb.CheckEntryResponse(listed=False)
-        return pb.CheckEntryResponse(listed=True, entry=entry_to_proto(entry))
+        return pb.CheckEntryResponse(listed=entry is not None)
 
     async def DescribeLists(self, request: pb.DescribeListsRequest, context: Context) -> pb.DescribeListsResponse:
         lists = self._lists()
@@ -120,9 +194,21 @@ class WatchlistsService(pb_grpc.WatchlistsServicer):
 
 
 class RulesService(pb_grpc.RulesServicer):
-    def __init__(self, reload: Callable[[], Awaitable[ReloadResult]]) -> None:
+    def __init__(self, reload: Callable[[], Awaitable[ReloadResult]], audit: AuditTrail) -> None:
         self._reload = reload
+        self._audit = audit
 
     async def ReloadRules(self, request: pb.ReloadRulesRequest, context: Context) -> pb.ReloadRulesResponse:
+        principal = current_principal()
         revision, changed, errors = await self._reload()
+        result = "rejected" if errors else "ok: new revision" if changed else "ok: unchanged"
+        await self._audit.record(
+            AuditEntry(
+                principal=principal.name,
+                identity=principal.identity,
+                action="rules.reload",
+                result=result,
+                detail=f"revision={revision}" + (f"; {len(errors)} problems: {errors[0]}" if errors else ""),
+            )
+        )
         return pb.ReloadRulesResponse(active_revision=revision, changed=changed, errors=errors)

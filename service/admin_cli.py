@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -18,6 +19,8 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from service.access.audit import AuditEntry, AuditTrail
+from service.access.identity import local_identity
 from service.clock import SystemClock
 from service.decisions import LOG_STREAM, entry_document
 from service.domain import CHINA_TZ
@@ -124,24 +127,47 @@ async def import_list(
 
 
 def _lists_import(args: argparse.Namespace) -> int:
+    """On the local-trust path (Redis and the hashing secret of this host): the entries' author
+    is `local:<user>@<host>`, `--added-by` a note, and the import is audited."""
     settings = Settings.from_env(os.environ)
     clock = SystemClock()
+    identity = local_identity()
 
     async def run() -> tuple[int, int]:
         async with tool_connection(settings) as client:
-            lists = Watchlists(client, hasher_for(settings), load_lists(settings.rules_dir))
+            hasher = hasher_for(settings)
+            lists = Watchlists(client, hasher, load_lists(settings.rules_dir))
             expiry = parse_expiry(args.expires_at) if args.expires_at else None
-            return await import_list(
-                lists,
-                args.name,
-                Path(args.file),
-                reason=args.reason,
-                added_by=args.added_by,
-                default_expiry=expiry,
-                now=clock.now(),
-                err=sys.stderr,
-                progress=args.progress or sys.stderr.isatty(),
+            audit = AuditTrail(client, hasher.prefix, clock)
+            entry = AuditEntry(
+                principal="local",
+                identity=identity,
+                action="lists.import",
+                list=args.name,
+                reason=args.reason[:256],
+                note=" ".join(args.added_by.split())[:64],
             )
+            try:
+                imported, rejected = await import_list(
+                    lists,
+                    args.name,
+                    Path(args.file),
+                    reason=args.reason,
+                    added_by=identity[:64],
+                    default_expiry=expiry,
+                    now=clock.now(),
+                    err=sys.stderr,
+                    progress=args.progress or sys.stderr.isatty(),
+                )
+            except (UnknownList, InvalidValue, OSError) as error:
+                await audit.record(dataclasses.replace(entry, result="failed", detail=str(error)))
+                raise
+            await audit.record(
+                dataclasses.replace(
+                    entry, detail=f"{imported} imported, {rejected} rejected from {Path(args.file).name}"
+                )
+            )
+            return imported, rejected
 
     try:
         imported, rejected = asyncio.run(run())
@@ -152,7 +178,7 @@ def _lists_import(args: argparse.Namespace) -> int:
     return 0 if rejected == 0 else 1
 
 
-def _stream_id(moment: str | None, default: str) -> str:
+def stream_id(moment: str | None, default: str) -> str:
     if not moment:
         return default
     try:
@@ -183,8 +209,8 @@ def _decisions_export(args: argparse.Namespace) -> int:
     async def run() -> int:
         async with tool_connection(settings) as client:
             key = f"{hasher_for(settings).prefix}:log:{LOG_STREAM}"
-            since = _stream_id(args.since, "-")
-            until = _stream_id(args.until, "+")
+            since = stream_id(args.since, "-")
+            until = stream_id(args.until, "+")
             if args.out:
                 with Path(args.out).open("w", encoding="utf-8") as out:
                     return await export_decisions(client, key, out, since, until)
@@ -226,7 +252,11 @@ def add_admin_commands(commands: Any) -> None:
     load.add_argument("name", help="the list, as declared in lists.yaml")
     load.add_argument("file", help="CSV file; a first line starting with 'value' is a header")
     load.add_argument("--reason", required=True, help="reason for rows that give none (e.g. the notice number)")
-    load.add_argument("--added-by", required=True, help="who is importing")
+    load.add_argument(
+        "--added-by",
+        required=True,
+        help="a note on who asked for the import (the author recorded is local:<user>@<host>)",
+    )
     load.add_argument("--expires-at", help="expiry for rows that give none: YYYY-MM-DD or ISO 8601")
     load.add_argument("--progress", action="store_true", help="show progress even when stderr is not a terminal")
     load.set_defaults(handler=_lists_import)

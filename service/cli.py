@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TextIO
 
 import grpc
@@ -17,6 +18,8 @@ from google.protobuf import json_format
 from service import __version__, logs
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
+from service.access.commands import add_access_commands
+from service.access.identity import ClientCredentials
 from service.admin_cli import add_admin_commands
 from service.errors import ConfigError, RiskgateError
 from service.rules.commands import add_rules_commands
@@ -64,11 +67,20 @@ def _screen(args: argparse.Namespace) -> int:
         print(f"riskgate screen: bad request JSON: {error}", file=sys.stderr)
         return EXIT_USAGE
     failed = False
-    with grpc.insecure_channel(target) as channel:
+    client = ClientCredentials(
+        ca=_path(args.ca), cert=_path(args.cert), key=_path(args.key), token_file=_path(args.token_file)
+    )
+    try:
+        channel = client.channel(target)
+        metadata = client.metadata()
+    except (OSError, ValueError) as error:
+        print(f"riskgate screen: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    with channel:
         stub = pb_grpc.ScreeningStub(channel)
         for request in requests:
             try:
-                decision = stub.Screen(request, timeout=args.timeout)
+                decision = stub.Screen(request, timeout=args.timeout, metadata=metadata)
             except grpc.RpcError as error:
                 print(f"{request.request_id}: {error.code().name}: {error.details()}", file=sys.stderr)
                 failed = True
@@ -76,6 +88,10 @@ def _screen(args: argparse.Namespace) -> int:
             document = json_format.MessageToDict(decision, preserving_proto_field_name=True)
             print(json.dumps(document, ensure_ascii=False, indent=None if len(requests) > 1 else 2))
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _settings_help() -> str:
@@ -103,10 +119,15 @@ def parser() -> argparse.ArgumentParser:
     )
     screen.add_argument("--target", help="server address (default: RISKGATE_LISTEN)")
     screen.add_argument("--timeout", type=float, default=5.0, help="deadline per request, seconds")
+    screen.add_argument("--ca", help="TLS: the CA (PEM) that signed the server's certificate")
+    screen.add_argument("--cert", help="mTLS: this client's certificate (PEM)")
+    screen.add_argument("--key", help="mTLS: this client's private key (PEM)")
+    screen.add_argument("--token-file", help="a file holding a bearer token (sent as authorization: Bearer)")
     screen.set_defaults(handler=_screen)
 
     add_rules_commands(commands)
     add_admin_commands(commands)
+    add_access_commands(commands)
     add_synth_command(commands)
     return root
 

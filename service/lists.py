@@ -274,9 +274,13 @@ class Watchlists:
                 if attempt == 2:
                     raise
 
-    async def remove(self, name: str, value: str, *, now: datetime) -> bool:
+    def value_hash(self, name: str, value: str, *, now: datetime) -> str:
+        """The keyed hash a value is stored under on a list (what audit entries show)."""
         spec = self.spec(name)
-        entity = self.entity_of(spec, spec.normalise(value, now=now))
+        return self.entity_of(spec, spec.normalise(value, now=now))
+
+    async def remove(self, name: str, value: str, *, now: datetime) -> bool:
+        entity = self.value_hash(name, value, now=now)
         pipe = self._client.pipeline(transaction=False)
         pipe.hdel(self.entry_key(entity), name, f"{name}:m")
         pipe.zrem(self.index_key(name), entity)

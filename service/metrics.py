@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from service.access.tls import TlsFiles
 from service.settings import parse_address
 
 # Screening takes well under a millisecond of CPU; a counter-desk caller waits up to a second.
@@ -40,6 +41,18 @@ class Metrics:
         self.replayed = Counter(
             "riskgate_replayed_decisions",
             "Retries answered with the decision already made for their request_id.",
+            registry=self.registry,
+        )
+        self.request_id_reused = Counter(
+            "riskgate_request_id_reused",
+            "Requests refused (ALREADY_EXISTS) because their request_id was used for a different request.",
+            registry=self.registry,
+        )
+        self.access_denied = Counter(
+            "riskgate_access_denied",
+            "Calls refused by access control, by principal (the policy's name; anonymous, unmatched) and "
+            "status code (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED).",
+            ["principal", "code"],
             registry=self.registry,
         )
         self.component_up = Gauge(
@@ -80,7 +93,19 @@ class Metrics:
     def set_revision(self, revision: str) -> None:
         self.ruleset.info({"revision": revision})
 
-    def serve(self, address: str) -> None:
-        """Serve /metrics over HTTP on a daemon thread."""
+    def serve(self, address: str, tls: TlsFiles | None = None) -> None:
+        """Serve /metrics over HTTP (HTTPS with `tls`; with its client CA, clients need certificates)
+        on a daemon thread."""
         host, port = parse_address(address, "RISKGATE_METRICS_LISTEN")
-        start_http_server(port, addr=host, registry=self.registry)
+        if tls is None:
+            start_http_server(port, addr=host, registry=self.registry)
+            return
+        start_http_server(
+            port,
+            addr=host,
+            registry=self.registry,
+            certfile=str(tls.cert),
+            keyfile=str(tls.key),
+            client_cafile=str(tls.client_ca) if tls.client_ca else None,
+            client_auth_required=tls.client_ca is not None,
+        )

@@ -42,6 +42,10 @@ from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
+from service.access.audit import AuditTrail
+from service.access.guard import Guard
+from service.access.limits import CheckEntryLimit
+from service.access.tls import CertificateFiles, TlsFiles
 from service.admin import RulesService, WatchlistsService
 from service.clock import Clock, SystemClock
 from service.decision import decide
@@ -271,7 +275,18 @@ class Server:
             max_future_skew_seconds=settings.max_future_skew_seconds,
             on_log_dropped=self.metrics.log_dropped.inc,
             on_log_unverified=self.metrics.log_unverified.inc,
+            on_request_id_reused=self.metrics.request_id_reused.inc,
         )
+        self.audit = AuditTrail(self.redis, self.risk.hasher.prefix, self.clock)
+        self.guard = Guard(
+            policy_file=settings.policy_file,
+            tokens_file=settings.tokens_file,
+            on_denied=lambda principal, code: self.metrics.access_denied.labels(principal, code).inc(),
+        )
+        self.guard.audit = self.audit
+        self.tls: CertificateFiles | None = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            self.tls = CertificateFiles(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
         fail_outcome = Outcome.BLOCK if settings.fail_policy == "block" else Outcome.WARN
         self.screener = Screener(session=self._session, clock=self.clock, fail_outcome=fail_outcome)
         keepalive_ms = int(settings.keepalive_min_seconds * 1000)
@@ -288,6 +303,7 @@ class Server:
                 ("grpc.http2.max_ping_strikes", 2),
             ],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            interceptors=[self.guard],
         )
         self._service: ScreeningService | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -328,8 +344,15 @@ class Server:
         )
         service.add_to(self._grpc)
         self._service = service
-        admin_pb_grpc.add_WatchlistsServicer_to_server(WatchlistsService(self._current_lists, self.clock), self._grpc)
-        admin_pb_grpc.add_RulesServicer_to_server(RulesService(self._reload), self._grpc)
+        watchlists = WatchlistsService(
+            self._current_lists,
+            self.clock,
+            self.audit,
+            check_limit=CheckEntryLimit(self.redis, self.risk.hasher, self.settings.check_entry_per_minute),
+            on_limited=lambda principal: self.metrics.access_denied.labels(principal, "RESOURCE_EXHAUSTED").inc(),
+        )
+        admin_pb_grpc.add_WatchlistsServicer_to_server(watchlists, self._grpc)
+        admin_pb_grpc.add_RulesServicer_to_server(RulesService(self._reload, self.audit), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         reflection.enable_server_reflection(
             (
@@ -341,12 +364,20 @@ class Server:
             self._grpc,
         )
         try:
-            self.port = self._grpc.add_insecure_port(self.settings.listen)
+            if self.tls is not None:
+                self.port = self._grpc.add_secure_port(self.settings.listen, self.tls.credentials())
+            else:
+                self.port = self._grpc.add_insecure_port(self.settings.listen)
         except RuntimeError as error:
             raise ConfigError(f"RISKGATE_LISTEN={self.settings.listen}: cannot listen there ({error})") from None
         if self.settings.metrics_listen:
             try:
-                self.metrics.serve(self.settings.metrics_listen)
+                self.metrics.serve(
+                    self.settings.metrics_listen,
+                    tls=TlsFiles(self.settings.tls_cert, self.settings.tls_key, self.settings.tls_client_ca)
+                    if self.settings.metrics_tls and self.settings.tls_cert and self.settings.tls_key
+                    else None,
+                )
             except OSError as error:
                 raise ConfigError(
                     f"RISKGATE_METRICS_LISTEN={self.settings.metrics_listen}: cannot listen there ({error})"
@@ -367,6 +398,8 @@ class Server:
             extra={
                 "fields": {
                     "listen": self.settings.listen,
+                    "tls": "mtls" if self.settings.tls_client_ca else "on" if self.tls else "off",
+                    "policy": str(self.settings.policy_file or "local callers only"),
                     "metrics": self.settings.metrics_listen or "off",
                     "ruleset_revision": active.revision,
                     "rules": len(active.ruleset.rules),
@@ -472,6 +505,7 @@ class Server:
             await asyncio.sleep(_PROBE_SECONDS)
             await self._probe_redis()
             await self._set_health(RULES_COMPONENT, serving=not self.rules.last_errors)
+            await self.guard.reload()
             self.metrics.unwritten_log_entries.set(self.risk.log.backlog)
 
 

@@ -9,6 +9,7 @@ default.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -45,8 +46,29 @@ def _optional_address(value: str, name: str) -> str:
 
 
 def _address(value: str, name: str) -> str:
+    if value.startswith("unix:"):
+        if len(value) <= len("unix:"):
+            raise ConfigError(f"{name}={value!r}: expected unix:/path/to/socket")
+        return value
     parse_address(value, name)
     return value
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a listen address is reachable from this machine only (loopback or a Unix socket)."""
+    if address.startswith("unix:"):
+        return True
+    host, _ = parse_address(address, "address")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _optional_path(value: str, name: str) -> Path | None:
+    return Path(value) if value.strip() else None
 
 
 def _redis_url(value: str, name: str) -> str:
@@ -123,7 +145,53 @@ class SettingDoc:
 
 # attribute name -> how it is read. Order is the README's order.
 SETTINGS: dict[str, SettingDoc] = {
-    "listen": SettingDoc("RISKGATE_LISTEN", "127.0.0.1:50051", _address, "gRPC listen address, host:port."),
+    "listen": SettingDoc(
+        "RISKGATE_LISTEN",
+        "127.0.0.1:50051",
+        _address,
+        "gRPC listen address, host:port or unix:/path. Not loopback: needs TLS (or RISKGATE_ALLOW_PLAINTEXT) "
+        "and a policy file.",
+    ),
+    "tls_cert": SettingDoc(
+        "RISKGATE_TLS_CERT",
+        "",
+        _optional_path,
+        "Server certificate chain (PEM) for TLS on the gRPC port; reloaded when the file changes.",
+    ),
+    "tls_key": SettingDoc("RISKGATE_TLS_KEY", "", _optional_path, "Private key (PEM) of RISKGATE_TLS_CERT."),
+    "tls_client_ca": SettingDoc(
+        "RISKGATE_TLS_CLIENT_CA",
+        "",
+        _optional_path,
+        "CA bundle (PEM) for client certificates: set, every client must show one it signed (mTLS).",
+    ),
+    "allow_plaintext": SettingDoc(
+        "RISKGATE_ALLOW_PLAINTEXT",
+        "false",
+        _bool,
+        "`true` lets the gRPC port serve plaintext on a non-loopback address: only behind a proxy that "
+        "terminates TLS on the same trusted host or network segment.",
+    ),
+    "policy_file": SettingDoc(
+        "RISKGATE_POLICY_FILE",
+        "",
+        _optional_path,
+        "Access policy (YAML): roles and the principals holding them. Unset: only loopback and "
+        "Unix-socket callers are served, with every permission (a developer default).",
+    ),
+    "tokens_file": SettingDoc(
+        "RISKGATE_TOKENS_FILE",
+        "",
+        _optional_path,
+        "Bearer tokens as `name sha256:<hex>` lines (`riskgate token new NAME`); reloaded when it changes.",
+    ),
+    "check_entry_per_minute": SettingDoc(
+        "RISKGATE_CHECK_ENTRY_PER_MINUTE",
+        "60",
+        _positive_int,
+        "Watchlists/CheckEntry calls one principal may make per minute (all replicas together); more "
+        "get RESOURCE_EXHAUSTED.",
+    ),
     "redis_url": SettingDoc(
         "RISKGATE_REDIS_URL",
         "",
@@ -201,6 +269,13 @@ SETTINGS: dict[str, SettingDoc] = {
         _optional_address,
         "Prometheus /metrics HTTP address, host:port; `off` disables it.",
     ),
+    "metrics_tls": SettingDoc(
+        "RISKGATE_METRICS_TLS",
+        "false",
+        _bool,
+        "`true` serves /metrics over HTTPS with RISKGATE_TLS_CERT and _KEY (and, with "
+        "RISKGATE_TLS_CLIENT_CA, requires client certificates); read at start.",
+    ),
     "log_level": SettingDoc("RISKGATE_LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
     "log_format": SettingDoc("RISKGATE_LOG_FORMAT", "json", _log_format, "`json` (one object per line) or `text`."),
     "grace_seconds": SettingDoc(
@@ -265,6 +340,13 @@ SETTINGS: dict[str, SettingDoc] = {
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_client_ca: Path | None
+    allow_plaintext: bool
+    policy_file: Path | None
+    tokens_file: Path | None
+    check_entry_per_minute: int
     redis_url: str
     redis_cluster: bool
     redis_budget_ms: float
@@ -278,6 +360,7 @@ class Settings:
     data_dir: Path
     hash_secret_file: str
     metrics_listen: str
+    metrics_tls: bool
     log_level: str
     log_format: str
     grace_seconds: float
@@ -319,6 +402,24 @@ class Settings:
                 raise ConfigError(f"unknown setting {name}{hint}")
         values = {attr: doc.parse(env.get(doc.env, doc.default), doc.env) for attr, doc in SETTINGS.items()}
         settings = cls(**values)
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise ConfigError("RISKGATE_TLS_CERT and RISKGATE_TLS_KEY go together: set both, or neither")
+        if settings.tls_client_ca is not None and settings.tls_cert is None:
+            raise ConfigError("RISKGATE_TLS_CLIENT_CA needs RISKGATE_TLS_CERT and RISKGATE_TLS_KEY (mTLS is TLS first)")
+        if settings.metrics_tls and settings.tls_cert is None:
+            raise ConfigError("RISKGATE_METRICS_TLS=true needs RISKGATE_TLS_CERT and RISKGATE_TLS_KEY")
+        if settings.tls_cert is None and not settings.allow_plaintext and not is_loopback(settings.listen):
+            raise ConfigError(
+                f"RISKGATE_LISTEN={settings.listen} is not a loopback address and TLS is off: set RISKGATE_TLS_CERT "
+                "and RISKGATE_TLS_KEY, or RISKGATE_ALLOW_PLAINTEXT=true behind a TLS-terminating proxy"
+            )
+        if settings.policy_file is None and not is_loopback(settings.listen):
+            raise ConfigError(
+                f"RISKGATE_LISTEN={settings.listen} is not a loopback address: set RISKGATE_POLICY_FILE (who may "
+                "call what); without one only loopback and Unix-socket callers are served"
+            )
+        if settings.tokens_file is not None and settings.policy_file is None:
+            raise ConfigError("RISKGATE_TOKENS_FILE needs RISKGATE_POLICY_FILE (which principal holds which token)")
         if settings.redis_cluster and settings.embedded_redis:
             raise ConfigError("RISKGATE_REDIS_CLUSTER=true needs RISKGATE_REDIS_URL (the embedded Redis is one node)")
         return settings

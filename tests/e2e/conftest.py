@@ -29,9 +29,13 @@ class RunningServer:
     metrics_address: str
     data_dir: Path
     log_path: Path
+    credentials: grpc.ChannelCredentials | None = None  # TLS servers: what health checks connect with
 
-    def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address)
+    def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+        credentials = credentials or self.credentials
+        if credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, credentials)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -43,10 +47,15 @@ class RunningServer:
 
 
 def wait_serving(
-    address: str, service: str = "", timeout: float = 60.0, process: subprocess.Popen[bytes] | None = None
+    address: str,
+    service: str = "",
+    timeout: float = 60.0,
+    process: subprocess.Popen[bytes] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    channel = grpc.insecure_channel(address) if credentials is None else grpc.secure_channel(address, credentials)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
@@ -61,14 +70,19 @@ def wait_serving(
     raise TimeoutError(f"{address} did not become SERVING for {service!r} in {timeout}s")
 
 
-def start_server(tmp: Path, **env: str) -> RunningServer:
-    address = f"127.0.0.1:{free_port()}"
+def start_server(
+    tmp: Path, *, credentials: grpc.ChannelCredentials | None = None, host: str = "127.0.0.1", **env: str
+) -> RunningServer:
+    """`riskgate serve` on a free port of `host`; `credentials` when it serves TLS (health is
+    checked with them; every call of the test brings its own)."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
     metrics = f"127.0.0.1:{free_port()}"
     data_dir = tmp / "data"
     log_path = tmp / "server.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("RISKGATE_")}
     environment.update(
-        RISKGATE_LISTEN=address,
+        RISKGATE_LISTEN=f"{host}:{port}",
         RISKGATE_METRICS_LISTEN=metrics,
         RISKGATE_DATA_DIR=str(data_dir),
         RISKGATE_RULES_DIR=str(REPO / "rules"),
@@ -80,9 +94,9 @@ def start_server(tmp: Path, **env: str) -> RunningServer:
         process = subprocess.Popen(
             [str(RISKGATE), "serve"], stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=tmp
         )
-    server = RunningServer(process, address, metrics, data_dir, log_path)
+    server = RunningServer(process, address, metrics, data_dir, log_path, credentials)
     try:
-        wait_serving(address, process=process)
+        wait_serving(address, process=process, credentials=credentials)
     except TimeoutError:
         server.terminate()
         raise AssertionError("server did not start:\n" + server.log()) from None
@@ -97,7 +111,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     assert code == 0, running.log()
 
 
-def external_server(tmp: Path, redis_url: str, *, budget_ms: int, **env: str) -> RunningServer:
+def external_server(
+    tmp: Path,
+    redis_url: str,
+    *,
+    budget_ms: int,
+    credentials: grpc.ChannelCredentials | None = None,
+    host: str = "127.0.0.1",
+    **env: str,
+) -> RunningServer:
     """`start_server` against a redis-server the test started, with the hash secret that needs
     (created in `tmp` once, so a restart on the same `tmp` reads the same keys) and a Redis budget
     chosen by the test, not the 10 ms default a shared CI machine's noise can exceed."""
@@ -105,4 +127,11 @@ def external_server(tmp: Path, redis_url: str, *, budget_ms: int, **env: str) ->
     if not secret.exists():
         secret.write_text(secrets.token_hex(32))
     env.setdefault("RISKGATE_REDIS_BUDGET_MS", str(budget_ms))
-    return start_server(tmp, RISKGATE_REDIS_URL=redis_url, RISKGATE_HASH_SECRET_FILE=str(secret), **env)
+    return start_server(
+        tmp,
+        credentials=credentials,
+        host=host,
+        RISKGATE_REDIS_URL=redis_url,
+        RISKGATE_HASH_SECRET_FILE=str(secret),
+        **env,
+    )

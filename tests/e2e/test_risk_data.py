@@ -33,7 +33,7 @@ pytestmark = pytest.mark.e2e
 
 def _external_server(tmp: Path, redis_url: str, **env: str) -> RunningServer:
     # A generous budget: these tests are about what is counted, not about a slow, shared CI machine.
-    return external_server(tmp, redis_url, budget_ms=250, **env)
+    return external_server(tmp, redis_url, budget_ms=250, credentials=None, host="127.0.0.1", **env)
 
 
 @pytest.fixture

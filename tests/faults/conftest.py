@@ -77,7 +77,7 @@ def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
 def external_server(tmp: Path, redis_url: str, **env: str) -> RunningServer:
     # These tests are about recovering and counting, not a 10 ms budget on a shared 2-core machine:
     # a budget the machine's noise does not exceed, well inside the load's 200 ms deadlines.
-    return e2e.external_server(tmp, redis_url, budget_ms=50, **env)
+    return e2e.external_server(tmp, redis_url, budget_ms=50, credentials=None, host="127.0.0.1", **env)
 
 
 def list_fraud_payee(server: RunningServer) -> None:

@@ -52,7 +52,9 @@ log = logging.getLogger("riskgate.access")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
-_ADMIN_PERMISSIONS = frozenset({"lists.write", "rules.admin"})
+# Refusals audited: the admin RPCs (an outlet probing the lists is worth a line as much as one
+# trying to change them).
+_AUDITED_PERMISSIONS = frozenset({"lists.read", "lists.write", "rules.admin"})
 _LOCAL_PEERS = ("unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D")
 
 
@@ -216,7 +218,7 @@ class Guard(grpc.aio.ServerInterceptor):
     async def _refuse(self, method: str, context: grpc.aio.ServicerContext[Any, Any], denied: Denied) -> NoReturn:
         if self._on_denied is not None:
             self._on_denied(denied.label, denied.code.name)
-        if METHOD_PERMISSIONS.get(method) in _ADMIN_PERMISSIONS and self.audit is not None:
+        if METHOD_PERMISSIONS.get(method) in _AUDITED_PERMISSIONS and self.audit is not None:
             await self.audit.record(
                 AuditEntry(
                     principal=denied.label,

@@ -318,6 +318,51 @@ def test_tokens_file_is_reloaded_when_it_changes(matrix: MatrixServer, tmp_path:
                 time.sleep(0.2)
 
 
+def _audit_at(server: EmbeddedRedis) -> list[dict[str, str]]:
+    client = _redis(server)
+    try:
+        entries = cast(list[Any], client.xrange(AUDIT))
+    finally:
+        client.close()
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
+
+
+def test_a_policy_change_is_taken_up_audited_and_a_broken_one_refused(
+    matrix: MatrixServer, access_redis: EmbeddedRedis
+) -> None:
+    policy = Path(matrix.server.log_path).parent / "policy.yaml"
+    before = policy.read_text()
+    nothing = _bearer(matrix.tokens["t-nothing"])
+    start = len(_audit_at(access_redis))
+    try:
+        with matrix.server.channel() as channel:
+            assert _code(_screen, channel, nothing) == "PERMISSION_DENIED"
+            policy.write_text(before.replace("roles: [nothing]", "roles: [screen]"))
+            deadline = time.monotonic() + 10
+            while _code(_screen, channel, nothing) != "OK":
+                assert time.monotonic() < deadline, "the changed policy was not taken up"
+                time.sleep(0.2)
+            policy.write_text(before.replace("roles: [nothing]", "roles: [no-such-role]"))
+            deadline = time.monotonic() + 10
+            while not any(
+                e["action"] == "policy.reload" and e["result"] == "rejected" for e in _audit_at(access_redis)[start:]
+            ):
+                assert time.monotonic() < deadline, "the broken policy was not audited"
+                time.sleep(0.2)
+            assert _code(_screen, channel, nothing) == "OK"  # the policy in force stays
+    finally:
+        policy.write_text(before)
+        with matrix.server.channel() as channel:
+            deadline = time.monotonic() + 10
+            while _code(_screen, channel, nothing) != "PERMISSION_DENIED":
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+    reloads = [e for e in _audit_at(access_redis)[start:] if e["action"] == "policy.reload"]
+    assert [e["result"] for e in reloads] == ["ok", "rejected", "ok"]
+    assert "unknown role 'no-such-role'" in reloads[1]["detail"] and "policy.yaml:" in reloads[1]["detail"]
+    assert all(e["principal"] == "file" for e in reloads)
+
+
 # --- the production example: mTLS, deploy/policy.yaml -------------------------------------
 
 
@@ -460,12 +505,7 @@ def test_check_entry_is_rate_limited_per_principal_and_says_only_listed(producti
 
 
 def _audit(production: Production) -> list[dict[str, str]]:
-    client = _redis(production.redis)
-    try:
-        entries = client.xrange(AUDIT)
-    finally:
-        client.close()
-    return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in cast(list[Any], entries)]
+    return _audit_at(production.redis)
 
 
 def test_every_admin_action_is_audited_with_the_principal_from_the_credentials(production: Production) -> None:

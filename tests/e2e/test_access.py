@@ -9,7 +9,9 @@ repository's `deploy/policy.yaml`, as the README says to deploy it.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import shutil
+import signal
 import ssl
 import subprocess
 import time
@@ -41,7 +43,7 @@ from service.riskdata import RiskDataConfig, RiskDataStore
 from service.settings import Settings
 from tests import samples
 from tests.conftest import REPO
-from tests.e2e.conftest import RISKGATE, RunningServer, external_server
+from tests.e2e.conftest import RISKGATE, RunningServer, external_server, wait_serving
 from tests.pki import CertificateAuthority, Issued
 
 pytestmark = pytest.mark.e2e
@@ -799,3 +801,32 @@ def test_a_reused_request_id_is_refused_on_redis_cluster_too(redis_cluster_url: 
             assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
     finally:
         assert server.terminate() == 0, server.log()[-3000:]
+
+
+def test_a_unix_socket_serves_local_callers_without_a_policy(tmp_path: Path, access_redis: EmbeddedRedis) -> None:
+    socket_path = tmp_path / "riskgate.sock"
+    secret = tmp_path / "hash-secret"
+    secret.write_text("ab" * 32)
+    log_path = tmp_path / "server.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RISKGATE_")}
+    environment.update(
+        RISKGATE_LISTEN=f"unix:{socket_path}",
+        RISKGATE_METRICS_LISTEN="off",
+        RISKGATE_DATA_DIR=str(tmp_path / "data"),
+        RISKGATE_RULES_DIR=str(REPO / "rules"),
+        RISKGATE_REDIS_URL=access_redis.url,
+        RISKGATE_HASH_SECRET_FILE=str(secret),
+        RISKGATE_DRAIN_SECONDS="0",
+    )
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(RISKGATE), "serve"], stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=tmp_path
+        )
+    try:
+        wait_serving(f"unix:{socket_path}", process=process)
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            assert _code(_screen, channel, ()) == "OK"
+            assert _code(_describe, channel, ()) == "OK"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0, log_path.read_text(errors="replace")[-3000:]

@@ -1,4 +1,8 @@
-"""grpc.aio wiring: the Screening service, health, reflection, metrics, limits, drain and stop.
+"""grpc.aio wiring: the Screening service, health, reflection, metrics, access, limits, drain and stop.
+
+Every call passes `service.access.guard.Guard` (the principal from a token, a client
+certificate or a local peer, and the permission its RPC needs) before its handler; the port is
+TLS when certificate files are set (`service.access.tls`, reloaded at each handshake).
 
 `Server` assembles the parts from `Settings`; `run()` is what `riskgate serve`
 calls: it starts the embedded redis-server when no RISKGATE_REDIS_URL is

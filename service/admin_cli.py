@@ -171,7 +171,7 @@ def _lists_import(args: argparse.Namespace) -> int:
 
     try:
         imported, rejected = asyncio.run(run())
-    except (UnknownList, InvalidValue) as error:
+    except (UnknownList, InvalidValue, OSError) as error:
         print(f"riskgate lists import: {error}", file=sys.stderr)
         return 2
     print(f"{args.name}: {imported} imported, {rejected} rejected")
@@ -236,6 +236,8 @@ def _decisions_tail(args: argparse.Namespace) -> int:
                         last = entry_id.decode()
                         print(json.dumps(entry_document(last, fields), ensure_ascii=False), flush=True)
                         shown += 1
+                        if args.count is not None and shown >= args.count:
+                            return
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
         asyncio.run(run())

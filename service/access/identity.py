@@ -11,6 +11,9 @@ from pathlib import Path
 
 import grpc
 
+from service.errors import ConfigError
+from service.settings import is_loopback
+
 
 def local_identity() -> str:
     """Who runs a tool on the local-trust path: `local:<user>@<host>`."""
@@ -19,6 +22,13 @@ def local_identity() -> str:
     except (KeyError, OSError):
         user = str(os.getuid())
     return f"local:{user}@{socket.gethostname()}"
+
+
+def _loopback(target: str) -> bool:
+    try:
+        return is_loopback(target)
+    except ConfigError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +43,10 @@ class ClientCredentials:
 
     def channel(self, target: str) -> grpc.Channel:
         if self.ca is None:
-            if self.cert is not None:
-                raise ValueError("--cert needs --ca (the server's CA: mTLS is TLS first)")
+            if self.cert is not None or self.key is not None:
+                raise ValueError("--cert and --key need --ca (the server's CA: mTLS is TLS first)")
+            if self.token_file is not None and not _loopback(target):
+                raise ValueError("a bearer token goes over TLS only (--ca), unless the target is loopback")
             return grpc.insecure_channel(target)
         if (self.cert is None) != (self.key is None):
             raise ValueError("--cert and --key go together")

@@ -367,13 +367,6 @@ class Server:
             ),
             self._grpc,
         )
-        try:
-            if self.tls is not None:
-                self.port = self._grpc.add_secure_port(self.settings.listen, self.tls.credentials())
-            else:
-                self.port = self._grpc.add_insecure_port(self.settings.listen)
-        except RuntimeError as error:
-            raise ConfigError(f"RISKGATE_LISTEN={self.settings.listen}: cannot listen there ({error})") from None
         if self.settings.metrics_listen:
             try:
                 self.metrics.serve(
@@ -389,6 +382,15 @@ class Server:
         await self._set_health(RULES_COMPONENT, serving=True)
         await self._warm_up(active)
         await self._probe_redis()
+        # Bound only now: a port bound before the warm-up accepts connections nobody answers,
+        # and clients that tried then wait out gRPC's reconnect backoff (up to 20 s) afterwards.
+        try:
+            if self.tls is not None:
+                self.port = self._grpc.add_secure_port(self.settings.listen, self.tls.credentials())
+            else:
+                self.port = self._grpc.add_insecure_port(self.settings.listen)
+        except RuntimeError as error:
+            raise ConfigError(f"RISKGATE_LISTEN={self.settings.listen}: cannot listen there ({error})") from None
         await self._grpc.start()
         for name in ("", SCREENING_SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -53,31 +53,28 @@ def wait_serving(
     process: subprocess.Popen[bytes] | None = None,
     credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
+    """Poll health until `service` is SERVING, with a fresh channel each time: a channel whose
+    first connect was refused (before the server listened) waits out gRPC's reconnect backoff
+    (up to 20 s), and over TLS its later handshakes failed until then."""
     deadline = time.monotonic() + timeout
-    # Reconnect quickly: with gRPC's default backoff (1 s, growing 1.6 times) a first connect
-    # refused before the server listens costs up to 15 s more of waiting.
-    options = [
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 500),
-    ]
-    channel = (
-        grpc.insecure_channel(address, options=options)
-        if credentials is None
-        else grpc.secure_channel(address, credentials, options=options)
-    )
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process is not None and process.poll() is not None:
-                raise TimeoutError(f"the server exited with code {process.returncode} before serving")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TimeoutError(f"the server exited with code {process.returncode} before serving")
+        channel = (
+            grpc.insecure_channel(address, options=options)
+            if credentials is None
+            else grpc.secure_channel(address, credentials, options=options)
+        )
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.RpcError:
+            pass
+        finally:
+            channel.close()
+        time.sleep(0.1)
     raise TimeoutError(f"{address} did not become SERVING for {service!r} in {timeout}s")
 
 

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak,first] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak,first,access] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
@@ -12,7 +12,9 @@
 5. soak (`benchmarks.soak`): 1,000,000 screenings at a fixed rate (60% of a short closed-loop
    calibration), the server's RSS sampled every 2% (target: flat within ±5% after the first 100k);
 6. first request (`benchmarks.first_request`): the first screening of each kind after SERVING
-   against the tenth, over 5 fresh starts (target: as fast).
+   against the tenth, over 5 fresh starts (target: as fast);
+7. access control alone (`benchmarks.access_bench`): `Guard.admit` per call by local caller,
+   token and certificate, against validating one transfer.
 
 Loopback only; bounded (about 25 minutes on a 2-core machine, of which the soak about 16 at
 ~1,050 screenings/s; `--quick` about 5.5, the soak 150,000 screenings). Every result
@@ -35,10 +37,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import e2e, fairness, first_request, rules_bench, soak
+from benchmarks import access_bench, e2e, fairness, first_request, rules_bench, soak
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
-PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first")
+PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first", "access")
 _COUNTERS_TIMEOUT = 240
 
 
@@ -82,6 +84,10 @@ def run_first(quick: bool) -> Json:
     return first_request.run_part(quick)
 
 
+def run_access(quick: bool) -> Json:
+    return access_bench.run_part(quick)
+
+
 RUNNERS: dict[str, Callable[[bool], Json]] = {
     "e2e": run_e2e,
     "rules": run_rules,
@@ -89,6 +95,7 @@ RUNNERS: dict[str, Callable[[bool], Json]] = {
     "fairness": run_fairness,
     "soak": run_soak,
     "first": run_first,
+    "access": run_access,
 }
 
 

@@ -22,6 +22,7 @@ from service._gen.riskgate.v1 import admin_pb2_grpc as pb_grpc
 from service.access.audit import AuditEntry, AuditTrail
 from service.access.guard import Principal, current_principal
 from service.access.limits import CheckEntryLimit
+from service.api import abort_invalid
 from service.clock import Clock
 from service.errors import InvalidValue, StoreUnavailable
 from service.lists import Entry, UnknownList, Watchlists
@@ -58,7 +59,7 @@ async def _fail(context: Context, error: Exception) -> None:
     if isinstance(error, UnknownList):
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
     if isinstance(error, InvalidValue):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"value: {error.problem}")
+        await abort_invalid(context, error)
     await context.abort(grpc.StatusCode.UNAVAILABLE, f"watchlists unavailable: {error}")
 
 
@@ -71,7 +72,7 @@ def _result(error: Exception) -> str:
     if isinstance(error, UnknownList):
         return "NOT_FOUND"
     if isinstance(error, InvalidValue):
-        return f"INVALID_ARGUMENT: {error.problem}"
+        return f"INVALID_ARGUMENT: {error.field or 'value'}: {error.problem}"
     return "UNAVAILABLE"
 
 
@@ -102,7 +103,10 @@ class WatchlistsService(pb_grpc.WatchlistsServicer):
         expires_at = None
         try:
             if request.HasField("expires_at"):
-                expires_at = parse_timestamp(request.expires_at)
+                try:
+                    expires_at = parse_timestamp(request.expires_at)
+                except InvalidValue as error:
+                    raise error.at("expires_at") from None
             entry = await self._lists().add(
                 request.list,
                 request.value,

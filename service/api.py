@@ -6,15 +6,26 @@ every field is checked.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.domain import Decision, Outcome, Reason
-from service.errors import InFlight, RequestIdReused, RiskgateError, StoreUnavailable, ValidationError
+from service.errors import (
+    FieldProblem,
+    InFlight,
+    InvalidValue,
+    RequestIdReused,
+    RiskgateError,
+    StoreUnavailable,
+    ValidationError,
+)
 
 _OUTCOMES = {
     Outcome.UNSPECIFIED: pb.OUTCOME_UNSPECIFIED,
@@ -24,9 +35,47 @@ _OUTCOMES = {
 }
 
 
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # what grpcio-status' rpc_status.to_status() sets
+
+
+def field_problems(error: RiskgateError) -> tuple[FieldProblem, ...]:
+    """The (field, problem) pairs of an INVALID_ARGUMENT error."""
+    if isinstance(error, ValidationError):
+        return error.problems
+    if isinstance(error, InvalidValue):
+        return (FieldProblem(error.field or "value", error.problem),)
+    return ()
+
+
+def bad_request_metadata(message: str, problems: Sequence[FieldProblem]) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying a google.rpc.Status with a google.rpc.BadRequest (one field
+    violation per problem), as gRPC's richer error model defines it: clients read it with
+    grpcio-status' `rpc_status.from_call`, grpc-js's `@grpc/grpc-js` status details, Go's `status.FromError`, ...
+    `grpc-status-details-bin` must agree with the call's code and message."""
+    details = error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=p.path, description=p.problem) for p in problems
+        ]
+    )
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message)
+    status.details.add().Pack(details)
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+async def abort_invalid(context: grpc.aio.ServicerContext[Any, Any], error: RiskgateError) -> NoReturn:
+    """End a call with INVALID_ARGUMENT: the problems as text ("field: problem; ...") and as a
+    google.rpc.BadRequest in the status details."""
+    problems = field_problems(error)
+    message = "; ".join(str(p) for p in problems) or str(error)
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT, message, trailing_metadata=bad_request_metadata(message, problems)
+    )
+    raise AssertionError("abort returned")  # pragma: no cover - abort raises
+
+
 def status_of(error: RiskgateError) -> grpc.StatusCode:
     """The gRPC status code for an error that reaches the API edge."""
-    if isinstance(error, ValidationError):
+    if isinstance(error, (ValidationError, InvalidValue)):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(error, RequestIdReused):
         return grpc.StatusCode.ALREADY_EXISTS
@@ -95,5 +144,9 @@ def error_to_proto(request_id: str, error: RiskgateError) -> pb.Decision:
     return pb.Decision(
         request_id=request_id,
         outcome=pb.OUTCOME_UNSPECIFIED,
-        error=pb.RequestError(code=status_of(error).name, message=str(error)),
+        error=pb.RequestError(
+            code=status_of(error).name,
+            message=str(error),
+            field_violations=[pb.FieldViolation(field=p.path, description=p.problem) for p in field_problems(error)],
+        ),
     )

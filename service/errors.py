@@ -28,9 +28,14 @@ class InvalidValue(RiskgateError, ValueError):
     collects these into one ValidationError with field paths.
     """
 
-    def __init__(self, problem: str) -> None:
+    def __init__(self, problem: str, field: str = "") -> None:
         super().__init__(problem)
         self.problem = problem
+        self.field = field  # the request field, when the raiser knows it (admin RPCs)
+
+    def at(self, field: str) -> InvalidValue:
+        """The same problem, located at `field`."""
+        return InvalidValue(self.problem, field)
 
 
 class ValidationError(RiskgateError):

@@ -183,10 +183,12 @@ class ScreeningService(pb_grpc.ScreeningServicer):
     ) -> pb.Decision:
         if isinstance(request, Unparseable):
             self._bad_bytes("Screen")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(_UNPARSEABLE))
+            await api.abort_invalid(context, _UNPARSEABLE)
         try:
             decision = await self._decide(request, "Screen", context.time_remaining())
         except RiskgateError as error:
+            if api.status_of(error) is grpc.StatusCode.INVALID_ARGUMENT:
+                await api.abort_invalid(context, error)
             await context.abort(api.status_of(error), str(error))
         except Exception:
             log.exception("screening failed", extra={"fields": {"rpc": "Screen"}})

@@ -38,7 +38,7 @@ from typing import cast
 import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from redis.exceptions import RedisError
 
 from service import __version__, api, validate
@@ -75,6 +75,36 @@ REDIS_COMPONENT = "redis"
 RULES_COMPONENT = "rules"
 _PROBE_SECONDS = 1.0
 ADMIN_SERVICES = tuple(s.full_name for s in admin_pb.DESCRIPTOR.services_by_name.values())
+
+
+# Health answers for the server ("") and every service it serves; they follow the server's state
+# (SERVING once warmed up, NOT_SERVING while it drains). `redis` and `rules` are its components.
+HEALTH_NAMES = ("", SCREENING_SERVICE, *ADMIN_SERVICES)
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(server: grpc.aio.Server) -> None:
+    """Server reflection as grpc.reflection.v1alpha (what grpcio-reflection 1.62 ships) and as
+    grpc.reflection.v1 (what grpcurl, Postman and newer clients ask first): the two protocols'
+    messages are the same on the wire, field for field, only their package differs, so one
+    servicer answers both."""
+    names = (
+        SCREENING_SERVICE,
+        *ADMIN_SERVICES,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+        REFLECTION_V1,
+    )
+    servicer = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
+    )
 
 
 _UNPARSEABLE = ValidationError(
@@ -360,15 +390,7 @@ class Server:
         admin_pb_grpc.add_WatchlistsServicer_to_server(watchlists, self._grpc)
         admin_pb_grpc.add_RulesServicer_to_server(RulesService(self._reload, self.audit), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (
-                SCREENING_SERVICE,
-                *ADMIN_SERVICES,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self._grpc,
-        )
+        enable_reflection(self._grpc)
         if self.settings.metrics_listen:
             try:
                 self.metrics.serve(
@@ -394,7 +416,7 @@ class Server:
         except RuntimeError as error:
             raise ConfigError(f"RISKGATE_LISTEN={self.settings.listen}: cannot listen there ({error})") from None
         await self._grpc.start()
-        for name in ("", SCREENING_SERVICE):
+        for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
             asyncio.create_task(self._probe_forever(), name="probe"),
@@ -458,7 +480,7 @@ class Server:
     async def drain(self, seconds: float, cut_short: asyncio.Event | None = None) -> None:
         """Report NOT_SERVING but keep serving for `seconds` (or until `cut_short` is set), so load
         balancers and clients watching health move away before the port closes."""
-        for name in ("", SCREENING_SERVICE):
+        for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("draining", extra={"fields": {"drain_seconds": seconds}})
         if seconds > 0:

@@ -441,7 +441,10 @@ class BoundRiskData:
         if stored is not None:
             return stored, {}, {}
         counters = self._counters.read(plan, counter_replies)
-        return None, counters, self._lists.read_lookups(lookups, replies[queued:], request.occurred_at)
+        # An entry matches while it has not expired at the time of the decision, as CheckEntry
+        # says (not at occurred_at: an event decided late is decided with what the lists say now,
+        # and an entry's value key lives on while another list holds the value).
+        return None, counters, self._lists.read_lookups(lookups, replies[queued:], self._store.clock.now())
 
     async def record(
         self, request: ScreenRequest, decision: Decision, observation: Observation, ids: Mapping[str, str]

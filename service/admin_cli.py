@@ -24,8 +24,8 @@ from service.access.identity import local_identity
 from service.clock import SystemClock
 from service.decisions import LOG_STREAM, entry_document
 from service.domain import CHINA_TZ
-from service.errors import InvalidValue
-from service.lists import Entry, UnknownList, Watchlists, load_lists
+from service.errors import ConfigError, InvalidValue, SourceError
+from service.lists import LISTS_FILE, Entry, UnknownList, Watchlists, load_lists
 from service.redisconn import hasher_for, tool_connection
 from service.settings import Settings
 
@@ -109,7 +109,8 @@ async def import_list(
                 rejected += 1
                 if rejected <= SHOWN_REJECTIONS:
                     bar.finish()
-                    err.write(f"{path}:{number}: {problem.problem}\n")
+                    where = f"{problem.field}: " if problem.field and problem.field != "value" else ""
+                    err.write(f"{path}:{number}: {where}{problem.problem}\n")
                 continue
             if len(batch) >= IMPORT_BATCH:
                 await lists.add_many(batch)
@@ -128,15 +129,23 @@ async def import_list(
 
 def _lists_import(args: argparse.Namespace) -> int:
     """On the local-trust path (Redis and the hashing secret of this host): the entries' author
-    is `local:<user>@<host>`, `--added-by` a note, and the import is audited."""
+    is `local:<user>@<host>`, `--added-by` a note, and the import is audited.
+
+    lists.yaml is read before connecting: without it (or with a broken one) nothing could be
+    imported, and there is no import attempt to audit."""
     settings = Settings.from_env(os.environ)
     clock = SystemClock()
     identity = local_identity()
+    try:
+        specs = load_lists(settings.rules_dir, required=True)
+    except (ConfigError, SourceError, OSError, UnicodeDecodeError) as error:
+        print(f"riskgate lists import: {error}", file=sys.stderr)
+        return 2
 
     async def run() -> tuple[int, int]:
         async with tool_connection(settings) as client:
             hasher = hasher_for(settings)
-            lists = Watchlists(client, hasher, load_lists(settings.rules_dir))
+            lists = Watchlists(client, hasher, specs)
             expiry = parse_expiry(args.expires_at) if args.expires_at else None
             audit = AuditTrail(client, hasher.prefix, clock)
             entry = AuditEntry(
@@ -171,7 +180,12 @@ def _lists_import(args: argparse.Namespace) -> int:
 
     try:
         imported, rejected = asyncio.run(run())
-    except (UnknownList, InvalidValue, OSError) as error:
+    except UnknownList as error:
+        # The declarations read may be another checkout's: say which file they came from.
+        declared_in = (settings.rules_dir / LISTS_FILE).resolve()
+        print(f"riskgate lists import: {error} in {declared_in} (RISKGATE_RULES_DIR)", file=sys.stderr)
+        return 2
+    except (InvalidValue, OSError) as error:
         print(f"riskgate lists import: {error}", file=sys.stderr)
         return 2
     print(f"{args.name}: {imported} imported, {rejected} rejected")
@@ -179,6 +193,11 @@ def _lists_import(args: argparse.Namespace) -> int:
 
 
 def stream_id(moment: str | None, default: str) -> str:
+    """The stream id (epoch ms) of an ISO 8601 time, China time if no offset; `default` if none.
+
+    Raises InvalidValue for text that is not a time, so that callers can reject it before
+    connecting. A time before the epoch is 0: Redis refuses negative ids, and no entry is older.
+    """
     if not moment:
         return default
     try:
@@ -187,7 +206,7 @@ def stream_id(moment: str | None, default: str) -> str:
         raise InvalidValue(f"{moment!r} is not an ISO 8601 time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=CHINA_TZ)
-    return str(int(parsed.timestamp() * 1000))
+    return str(max(0, int(parsed.timestamp() * 1000)))
 
 
 async def export_decisions(client: Any, key: str, out: TextIO, since: str, until: str) -> int:
@@ -204,13 +223,17 @@ async def export_decisions(client: Any, key: str, out: TextIO, since: str, until
 
 
 def _decisions_export(args: argparse.Namespace) -> int:
+    """A bad --since/--until is a usage error, found before connecting (as `audit export` does)."""
     settings = Settings.from_env(os.environ)
+    try:
+        since, until = stream_id(args.since, "-"), stream_id(args.until, "+")
+    except InvalidValue as error:
+        print(f"riskgate decisions export: {error}", file=sys.stderr)
+        return 2
 
     async def run() -> int:
         async with tool_connection(settings) as client:
             key = f"{hasher_for(settings).prefix}:log:{LOG_STREAM}"
-            since = stream_id(args.since, "-")
-            until = stream_id(args.until, "+")
             if args.out:
                 with Path(args.out).open("w", encoding="utf-8") as out:
                     return await export_decisions(client, key, out, since, until)

@@ -110,7 +110,14 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--version", action="version", version=f"riskgate {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gRPC screening service (settings from RISKGATE_*)")
+    # `serve` takes no options, only settings: its help is where an operator looks for them.
+    serve = commands.add_parser(
+        "serve",
+        help="run the gRPC screening service (settings from RISKGATE_*)",
+        description="Run the gRPC screening service. Every setting is an environment variable (below).",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.set_defaults(handler=_serve)
 
     screen = commands.add_parser(

@@ -43,7 +43,7 @@ from redis.exceptions import NoScriptError
 from service import validate
 from service.counters.keys import KeyHasher
 from service.domain import local_time
-from service.errors import InvalidValue, RiskgateError, SourceError, SourceProblem
+from service.errors import ConfigError, InvalidValue, RiskgateError, SourceError, SourceProblem
 from service.rules.yamlsrc import YMap, YScalar, YSeq, describe, parse_yaml
 
 LISTS_FILE = "lists.yaml"
@@ -106,10 +106,19 @@ def _parse_ttl(text: str) -> timedelta | None:
     return timedelta(seconds=int(text[:-1]) * _TTL_UNITS[text[-1]])
 
 
-def load_lists(rules_dir: Path) -> dict[str, ListSpec]:
-    """The lists declared in `rules_dir/lists.yaml` (none when the file is absent)."""
+def load_lists(rules_dir: Path, *, required: bool = False) -> dict[str, ListSpec]:
+    """The lists declared in `rules_dir/lists.yaml` (none when the file is absent).
+
+    A ruleset may declare no lists, so the server takes an absent file as none.
+    A tool that writes to a list passes `required`: there an absent file means it
+    looked in the wrong place (run outside the checkout, the relative default
+    `rules` resolves elsewhere), and "unknown list" would hide that, so it is a
+    ConfigError naming the path it looked at and the setting that moves it.
+    """
     path = rules_dir / LISTS_FILE
     if not path.exists():
+        if required:
+            raise ConfigError(_missing_lists_file(rules_dir))
         return {}
     shown = str(path)
     tree, problems = parse_yaml(path.read_text(encoding="utf-8"), shown)
@@ -119,6 +128,18 @@ def load_lists(rules_dir: Path) -> dict[str, ListSpec]:
     if problems:
         raise SourceError(problems)
     return specs
+
+
+def _missing_lists_file(rules_dir: Path) -> str:
+    """Where lists.yaml was looked for, resolved, and how to look elsewhere."""
+    where = rules_dir.resolve()
+    missing = "" if where.is_dir() else " (no such directory)"
+    relative = "" if rules_dir.is_absolute() else ", relative to the current directory"
+    return (
+        f"no {LISTS_FILE} at {where / LISTS_FILE}{missing}: watchlists are declared in"
+        f" $RISKGATE_RULES_DIR/{LISTS_FILE} (RISKGATE_RULES_DIR={rules_dir}{relative});"
+        " set RISKGATE_RULES_DIR to the rules directory the server uses"
+    )
 
 
 def _lists_from_tree(tree: Any, file: str, problems: list[SourceProblem]) -> dict[str, ListSpec]:
@@ -231,15 +252,22 @@ class Watchlists:
     def prepare(
         self, name: str, value: str, *, reason: str, added_by: str, expires_at: datetime | None, now: datetime
     ) -> Entry:
-        """Validate and hash one entry without storing it. Raises UnknownList or InvalidValue."""
+        """Validate and hash one entry without storing it. Raises UnknownList, or InvalidValue
+        naming its field (value, reason, added_by, expires_at)."""
         spec = self.spec(name)
-        normalised = spec.normalise(value, now=now)
-        reason = validate.parse_text(reason, max_length=MAX_REASON, required=True)
-        added_by = validate.parse_text(added_by, max_length=MAX_AUTHOR, required=True)
+        normalised = self.normalise(spec, value, now=now)
+        try:
+            reason = validate.parse_text(reason, max_length=MAX_REASON, required=True)
+        except InvalidValue as error:
+            raise error.at("reason") from None
+        try:
+            added_by = validate.parse_text(added_by, max_length=MAX_AUTHOR, required=True)
+        except InvalidValue as error:
+            raise error.at("added_by") from None
         if expires_at is None and spec.default_ttl is not None:
             expires_at = now + spec.default_ttl
         if expires_at is not None and expires_at <= now:
-            raise InvalidValue("expires_at must be in the future")
+            raise InvalidValue("must be in the future", "expires_at")
         return Entry(name, self.entity_of(spec, normalised), reason, added_by, now, expires_at)
 
     def _queue_add(self, pipe: Any, sha: str, entry: Entry) -> None:
@@ -274,10 +302,18 @@ class Watchlists:
                 if attempt == 2:
                     raise
 
+    @staticmethod
+    def normalise(spec: ListSpec, value: str, *, now: datetime) -> str:
+        """`spec.normalise`, its InvalidValue located at the field `value`."""
+        try:
+            return spec.normalise(value, now=now)
+        except InvalidValue as error:
+            raise error.at("value") from None
+
     def value_hash(self, name: str, value: str, *, now: datetime) -> str:
         """The keyed hash a value is stored under on a list (what audit entries show)."""
         spec = self.spec(name)
-        return self.entity_of(spec, spec.normalise(value, now=now))
+        return self.entity_of(spec, self.normalise(spec, value, now=now))
 
     async def remove(self, name: str, value: str, *, now: datetime) -> bool:
         entity = self.value_hash(name, value, now=now)
@@ -289,7 +325,7 @@ class Watchlists:
 
     async def check(self, name: str, value: str, *, at: datetime) -> Entry | None:
         spec = self.spec(name)
-        entity = self.entity_of(spec, spec.normalise(value, now=at))
+        entity = self.entity_of(spec, self.normalise(spec, value, now=at))
         expiry, meta = await self._client.hmget(self.entry_key(entity), [name, f"{name}:m"])
         if expiry is None or not _live(int(expiry), _ms(at)):
             return None

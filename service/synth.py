@@ -53,7 +53,11 @@ every rate.
 **Time.** Without ``start``, the stream ends one minute before ``now`` (an injected clock) and
 starts ``days`` earlier, but never more than 23 h 45 min before ``now``: the service refuses
 events more than 24 hours old by default, and the quarter of an hour leaves room to replay the
-stream. Longer streams need ``start`` and a server with ``RISKGATE_MAX_EVENT_AGE_SECONDS`` raised.
+stream. ``end`` moves that end (up to 5 minutes ahead of ``now``, the service's default skew; the
+same seed and end give the same stream), and the stream then starts at most 23 h 45 min before
+it. A stream whose events span S is accepted for 24 h - S after its end: the default day for a
+quarter of an hour, a quarter of a day for 18 hours. Longer streams need ``start`` and a server
+with ``RISKGATE_MAX_EVENT_AGE_SECONDS`` raised.
 Counters start empty when a stream is replayed into a fresh store, so "first payment to this
 payee" and "no night activity in 90 days" are true of every first occurrence: warm a backtest up
 with an earlier stretch of the stream before measuring.
@@ -87,7 +91,7 @@ from stdnum import numdb
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.clock import SystemClock
 from service.domain import CHINA_TZ
-from service.validate import resident_id_check_character
+from service.validate import DEFAULT_TIME_BOUNDS, resident_id_check_character
 
 __all__ = [
     "EVENT_SHARES",
@@ -101,6 +105,7 @@ __all__ = [
     "label_json_line",
     "stream_window",
     "to_json_line",
+    "valid_until",
 ]
 
 PATTERNS: Final = (
@@ -710,17 +715,30 @@ _CORPORATE_CUM: Final = tuple(accumulate(1.0 / (rank + 1) for rank in range(_COR
 # --- the stream ------------------------------------------------------------------------
 
 
-def stream_window(now: datetime, days: float, start: datetime | None = None) -> tuple[datetime, datetime]:
-    """The (start, end) of a stream of `days` (see "Time" in the module docstring)."""
-    if now.utcoffset() is None or (start is not None and start.utcoffset() is None):
-        raise ValueError("now and start must be timezone-aware")
+def stream_window(
+    now: datetime, days: float, start: datetime | None = None, end: datetime | None = None
+) -> tuple[datetime, datetime]:
+    """The (start, end) of a stream of `days` (see "Time" in the module docstring).
+
+    `start` fixes the window's start, `end` its end (not both). An end further ahead of `now`
+    than the service's default skew is refused: the stream's last events would be too.
+    """
+    if any(t is not None and t.utcoffset() is None for t in (now, start, end)):
+        raise ValueError("now, start and end must be timezone-aware")
     if not (math.isfinite(days) and days > 0):
         raise ValueError("days must be positive")
     span = timedelta(days=days)
     if start is not None:
+        if end is not None:
+            raise ValueError("give a start or an end, not both")
         return start.astimezone(UTC), (start + span).astimezone(UTC)
-    end = (now - END_LAG).astimezone(UTC).replace(microsecond=0)
-    earliest = (now - MAX_DEFAULT_AGE).astimezone(UTC).replace(microsecond=0)
+    if end is None:
+        end = (now - END_LAG).astimezone(UTC).replace(microsecond=0)
+        earliest = (now - MAX_DEFAULT_AGE).astimezone(UTC).replace(microsecond=0)
+    else:
+        _check_not_ahead(end, now)
+        end = end.astimezone(UTC)
+        earliest = end - MAX_DEFAULT_AGE
     if end - span >= earliest:
         return end - span, end
     if days > 1:
@@ -731,6 +749,24 @@ def stream_window(now: datetime, days: float, start: datetime | None = None) -> 
     return earliest, end
 
 
+def _check_not_ahead(end: datetime, now: datetime) -> None:
+    skew = DEFAULT_TIME_BOUNDS.max_future_skew_seconds
+    ahead = (end - now).total_seconds()
+    if ahead > skew:
+        raise ValueError(
+            f"the end is {ahead:.0f} s ahead of now: the service refuses events more than {skew:g} s in the"
+            " future (RISKGATE_MAX_FUTURE_SKEW_SECONDS)"
+        )
+
+
+def valid_until(window_start: datetime) -> datetime:
+    """Until when the service, at its default age limit, accepts every event of a stream starting then.
+
+    The first event must be newer than now - 24 h when it is sent; no event is older than the window.
+    """
+    return window_start + timedelta(seconds=DEFAULT_TIME_BOUNDS.max_age_seconds)
+
+
 def generate(
     seed: int,
     events: int,
@@ -738,13 +774,14 @@ def generate(
     now: datetime,
     *,
     start: datetime | None = None,
+    end: datetime | None = None,
     population: int | None = None,
     fraud_scale: float = 1.0,
 ) -> Iterator[Labelled]:
     """`events` requests with their labels (None for ordinary events), in occurred_at order.
 
-    `now` is the clock (injected, timezone-aware); `start` fixes the window for replays (see
-    `stream_window`); `population` defaults to twice the events (at least 10,000);
+    `now` is the clock (injected, timezone-aware); `start` or `end` fixes the window for replays
+    (see `stream_window`); `population` defaults to twice the events (at least 10,000);
     `fraud_scale` multiplies `PATTERN_RATES`.
     """
     if events < 0:
@@ -754,7 +791,7 @@ def generate(
     size = population if population is not None else min(max(2 * events, 10_000), MAX_POPULATION)
     if not MIN_POPULATION <= size <= MAX_POPULATION:
         raise ValueError(f"population must be {MIN_POPULATION:,} to {MAX_POPULATION:,}")
-    window = stream_window(now, days, start)
+    window = stream_window(now, days, start, end)
     return _Generator(seed, events, window, size, fraud_scale).run()
 
 
@@ -1370,6 +1407,17 @@ def _start_time(text: str) -> datetime:
     return moment
 
 
+def _end_time(text: str) -> datetime:
+    """An ISO 8601 time with an offset (a bare date would be ambiguous as an end)."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be an ISO 8601 time with an offset") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("needs a time and a UTC offset, e.g. 2025-06-15T18:00:00+08:00")
+    return moment
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -1381,12 +1429,14 @@ def _synth(args: argparse.Namespace) -> int:
     now = SystemClock().now()  # the command is the edge: the only place the clock is read
     began = time.perf_counter()
     try:
+        window = stream_window(now, args.days, args.start, args.end)
         stream = generate(
             args.seed,
             args.events,
             args.days,
             now,
             start=args.start,
+            end=args.end,
             population=args.population,
             fraud_scale=args.fraud_scale,
         )
@@ -1427,10 +1477,18 @@ def _synth(args: argparse.Namespace) -> int:
     shares = ", ".join(f"{kind} {kinds[kind] / (total or 1):.1%}" for kind in _KINDS)
     print(
         f"riskgate synth: {total} events ({shares}), {labelled} planted in {len(instances)} pattern instances,"
-        f" {time.perf_counter() - began:.1f} s",
+        f" {time.perf_counter() - began:.1f} s; {_validity(window[0], now)}",
         file=sys.stderr,
     )
     return 0
+
+
+def _validity(window_start: datetime, now: datetime) -> str:
+    """How long the file is good for, so that nobody replays it after the service stops taking it."""
+    deadline = valid_until(window_start)
+    if deadline <= now:
+        return "already older than the service's default 24-hour limit (RISKGATE_MAX_EVENT_AGE_SECONDS)"
+    return f"the service takes it until {deadline.astimezone(CHINA_TZ).isoformat(timespec='seconds')} (24-hour limit)"
 
 
 def add_synth_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -1441,17 +1499,28 @@ def add_synth_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         description=(
             "Write a synthetic but realistic stream of card openings, SIM sales, transfers and closures as JSON"
             " Lines (one ScreenRequest per line, the protobuf JSON mapping `riskgate screen` reads). The same seed"
-            " and --start give the same stream. Planted fraud is listed only in the --labels file."
+            " and --start (or --end) give the same stream. Planted fraud is listed only in the --labels file."
+            " The service refuses events more than 24 hours old (RISKGATE_MAX_EVENT_AGE_SECONDS), so a file whose"
+            " events span S stays valid for 24 h - S after its end: the default day (23h45m ending a minute ago)"
+            " for about 15 minutes, --days 0.25 for 18 hours. The summary on stderr says until when."
         ),
     )
     synth.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     synth.add_argument("--events", type=_positive_int, default=10_000, help="number of events (default 10000)")
     synth.add_argument("--days", type=float, default=1.0, help="time span of the stream in days (default 1)")
-    synth.add_argument(
+    window = synth.add_mutually_exclusive_group()
+    window.add_argument(
         "--start",
         type=_start_time,
         help="start of the stream, YYYY-MM-DD (China time) or ISO 8601 with offset; default: the stream ends"
         " a minute ago (and starts at most 23h45m ago)",
+    )
+    window.add_argument(
+        "--end",
+        type=_end_time,
+        help="end of the stream, ISO 8601 with offset, at most 5 minutes ahead (RISKGATE_MAX_FUTURE_SKEW_SECONDS);"
+        " it starts --days earlier, at most 23h45m; the file stays valid for 24 h - that span after this end"
+        " (default: a minute ago)",
     )
     synth.add_argument("--out", help="output file (default stdout)")
     synth.add_argument("--labels", help="write JSON Lines {request_id, pattern, instance, role} of planted events here")

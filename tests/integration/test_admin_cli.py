@@ -53,7 +53,7 @@ async def test_import_counts_and_names_rejected_lines(lists: Watchlists, tmp_pat
     assert messages == [
         f"{path}:1202: check digit mismatch",
         f"{path}:1203: must be 18 characters",
-        f"{path}:2504: expires_at must be in the future",
+        f"{path}:2504: expires_at: must be in the future",
     ]
     assert "2500 imported" in err.getvalue()
     entry = await lists.check("punished_persons", good[2000], at=NOW)

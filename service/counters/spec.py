@@ -90,7 +90,10 @@ Semantics
   token (the request's idempotency key), a retract sent twice undoes once
   for 48 hours; without one, each send subtracts again. A blocked closure
   is not undone: its decrement may have stopped at 0, so adding 1 back
-  could overcount.
+  could overcount. ``undo_on_block: true`` gives a count or sum with
+  ``windows: [all]`` the same undo without a ``decrement_on``: a BLOCKed
+  transfer was never paid, so it must not make its payee "paid before"
+  (fraud coaching is exactly a retry of the blocked transfer).
 * **Event time** is the request's `occurred_at` (whole seconds, UTC), which
   validation bounds to [server now - 24 h, server now + max future skew]
   (`RISKGATE_MAX_FUTURE_SKEW_SECONDS`, default 5 min; the store is given
@@ -206,6 +209,7 @@ _COUNTER_KEYS = (
     "read_on",
     "exact_up_to",
     "retain",
+    "undo_on_block",
 )
 _READ_AS_KEYS = ("name", "key", "read_on", "description")
 
@@ -301,6 +305,7 @@ class Counter:
     retain_seconds: int
     file: str
     line: int
+    undo_on_block: bool = False  # a BLOCKed event's increment is taken back (it did not happen)
 
     def where_for(self, kind: EventKind) -> Filter | None:
         for k, condition in self.where:
@@ -546,6 +551,7 @@ class _Loader:
         exact_up_to = self.exact_up_to(node, aggregate)
         retain = self.retain(node, aggregate, windows)
         description = self.text(node.get("description"), "description")
+        undo_on_block = self.undo_on_block(node, aggregate, windows)
         if decrement_on and aggregate not in (Aggregate.COUNT, Aggregate.SUM):
             self.problem(self.line_of(node, "decrement_on"), "decrement_on needs aggregate count or sum(FIELD)")
         elif decrement_on and windows and [w.label for w in windows] != [ALL]:
@@ -567,6 +573,7 @@ class _Loader:
             read_as=read_as,
             read_on=read_on,
             exact_up_to=exact_up_to,
+            undo_on_block=undo_on_block,
             retain_seconds=retain,
             file=self.file,
             line=node.line,
@@ -888,6 +895,20 @@ class _Loader:
         return ()
 
     # -------------------------------------------------------------- options
+
+    def undo_on_block(self, node: _Map, aggregate: Aggregate | None, windows: tuple[Window, ...]) -> bool:
+        value = node.get("undo_on_block")
+        if value is None:
+            return False
+        text = value.text if isinstance(value, _Scalar) else ""
+        if text not in ("true", "false"):
+            self.problem(value.line, "undo_on_block must be true or false")
+            return False
+        if text == "true" and aggregate not in (Aggregate.COUNT, Aggregate.SUM):
+            self.problem(value.line, "undo_on_block needs aggregate count or sum(FIELD)")
+        elif text == "true" and windows and [w.label for w in windows] != [ALL]:
+            self.problem(value.line, "undo_on_block needs windows: [all]")
+        return text == "true"
 
     def exact_up_to(self, node: _Map, aggregate: Aggregate | None) -> int:
         value = node.get("exact_up_to")

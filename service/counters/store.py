@@ -176,7 +176,7 @@ class _Op:
     member_field: str | None  # distinct(FIELD)
     member_is_id: bool
     member_domain: str
-    retract: bool  # an increment of an active count (a counter with decrement_on)
+    retract: bool  # an increment a BLOCK takes back (a counter with decrement_on or undo_on_block)
     all_name: str  # the value name of its `all` window ('' when it has none)
 
 
@@ -460,7 +460,7 @@ class CounterStore:
             member_field=member_field,
             member_is_id=member_field is not None and FIELDS[member_field].type is FieldType.IDENTIFIER,
             member_domain=field_domain(member_field) if member_field else "",
-            retract=sign > 0 and bool(counter.decrement_on) and code == "c" and has_all,
+            retract=sign > 0 and (bool(counter.decrement_on) or counter.undo_on_block) and code == "c" and has_all,
             all_name=all_names[0] if all_names else "",
         )
 

@@ -101,13 +101,26 @@ async def test_nothing_to_retract_for_other_events(make_store: MakeStore, shippe
     store = make_store(shipped_spec)
     for request in (
         opening(T0, ID_A, account_class=AccountClass.II),  # where: class I only
-        transfer(T0, "6222020200112233445", "6217000010002000300", 100),
         sim_closure(T0, ID_A, "13812345678", CM),  # a decrement, not an increment
         account_closure(T0, ID_A, "6222020200112233445"),
     ):
         plan, _ = await _observe(store, shipped_spec, request)
         retract = store.prepare_retract(plan, token="t")
         assert retract.calls == [] and await store.retract(retract) == {}
+
+
+async def test_a_blocked_transfer_takes_back_only_its_payment_to_the_payee(
+    make_store: MakeStore, shipped_spec: CounterSpec
+) -> None:
+    """pair_payments has undo_on_block: a blocked transfer was never paid; the attempt counters
+    (payers into the payee, amounts out) keep it."""
+    store = make_store(shipped_spec)
+    plan, values = await _observe(store, shipped_spec, transfer(T0, "6222020200112233445", "6217000010002000300", 100))
+    assert values["pair_payments_all"] == 1
+    retract = store.prepare_retract(plan, token="t")
+    assert await store.retract(retract) == {"pair_payments_all": 0}
+    _, again = await _observe(store, shipped_spec, transfer(T0, "6222020200112233445", "6217000010002000300", 100))
+    assert again["pair_payments_all"] == 1  # still the first payment
 
 
 async def test_retract_in_the_post_decision_pipeline_leaves_an_expired_entity_alone(

@@ -55,8 +55,8 @@ Decisions worth knowing:
 * **Cross-field rules**: ``companion_relation`` needs a companion; a transfer's
   payer and payee accounts differ; a closure names exactly one of
   ``account_number`` and ``msisdn``, ``carrier`` is required with ``msisdn``
-  and refused with ``account_number``, ``account_class`` is refused with
-  ``msisdn``.
+  and refused with ``account_number``, ``account_class`` is required with
+  ``account_number`` and refused with ``msisdn``.
 """
 
 from __future__ import annotations
@@ -778,8 +778,13 @@ def _closure(problems: _Problems, msg: pb.Closure, ctx: _Context) -> domain.Clos
             problems.add("closure.account_class", "must not be set with msisdn")
         if msg.carrier == pb.CARRIER_UNSPECIFIED:
             problems.add("closure.carrier", "required with msisdn")
-    elif closed == "account_number" and carrier is not None:
-        problems.add("closure.carrier", "must not be set with account_number")
+    elif closed == "account_number":
+        if carrier is not None:
+            problems.add("closure.carrier", "must not be set with account_number")
+        if msg.account_class == pb.ACCOUNT_CLASS_UNSPECIFIED:
+            # Required rather than guessed: without it a class I closure would not free the
+            # customer's class I slot at the bank, and their next class I opening is refused (K04).
+            problems.add("closure.account_class", "required with account_number")
     if holder is None:
         return None
     return domain.Closure(

@@ -926,15 +926,21 @@ BAD_FIELDS: list[tuple[str, Callable[[pb.ScreenRequest], None], str, str]] = [
     ("closure", _set("closure.account_class", 2), "closure.account_class", "must not be set with msisdn"),
     (
         "closure",
-        _both(_set("closure.account_number", ""), _set("closure.carrier", 0)),
+        _both(_set("closure.account_number", ""), _set("closure.carrier", 0), _set("closure.account_class", 1)),
         "closure.account_number",
         "required",
     ),
     (
         "closure",
-        _set("closure.account_number", "6222021234567890"),
+        _both(_set("closure.account_number", "6222021234567890"), _set("closure.account_class", 1)),
         "closure.carrier",
         "must not be set with account_number",
+    ),
+    (
+        "closure",
+        _both(_set("closure.account_number", "6222021234567890"), _set("closure.carrier", 0)),
+        "closure.account_class",
+        "required with account_number",
     ),
     (
         "closure",

@@ -13,6 +13,9 @@ server serves and hot-reloads the whole directory as one unit
 (service.rules.reload).
 
     revision: 2024-06-01          # optional label: letters, digits, . _ + -
+    appeal:                       # the appeal route of this file's block rules (see Appeal routes)
+      zh: 如有异议，可携本人身份证件向本行或当地公安机关申诉。
+      en: You may appeal with your ID at this bank or the local police.
     rules:
       - id: K05_many_banks        # unique across files; letters, digits, _
         on: [card_opening]        # card_opening, sim_sale, transfer, closure
@@ -27,6 +30,7 @@ server serves and hot-reloads the whole directory as one unit
         description: ...          # optional
         owner: fraud-team@bank    # optional
         enabled: true             # default true; a disabled rule is validated, not evaluated
+        appeal: {zh: ..., en: ...}  # block rules only: this rule's own appeal route (else the file's)
 
 Unknown keys are errors. Every problem is reported as `file:line: problem`.
 
@@ -93,10 +97,32 @@ Reasons
 -------
 
 `{name}` in a reason shows the value of a field or counter the condition
-reads; `{name:yuan}` shows fen as yuan (150000 -> 1,500.00); `{{`/`}}` are
-braces. Evidence is every value the condition read, as (name, text) pairs;
+reads; `{name:yuan}` shows fen as yuan (150000 -> 1,500.00); `{name:days}`
+a number of whole days as a length (不到1天 / less than a day, 1天 / 1 day,
+7天 / 7 days) and `{name:days_ago}` as a time (24小时内 / less than a day
+ago, 1天前 / 1 day ago, 7天前 / 7 days ago); the formats take numbers only
+(service.rules.templates); `{{`/`}}` are braces. Evidence is every value the condition read, as (name, text) pairs;
 list lookups appear as ("transfer.payee_account in list.fraud_accounts",
 "hit"), never with the identifier.
+
+Appeal routes
+-------------
+
+A refused customer must be told the reason and how to appeal (Art 32 of the
+Anti-Telecom and Online Fraud Law). Every enforced block rule (disabled ones
+included) needs an appeal route: its own `appeal: {zh, en}`, or its file's
+top-level `appeal:`, which serves every block rule of the file without one.
+The appeal is appended to both reason texts as a sentence of its own
+(service.decision.with_appeal), so the reason says what happened and stays
+as natural as it was written. Loading refuses a block rule with neither,
+naming it (`file:line: rule 'X' blocks but gives no appeal route ...`), and
+so do `riskgate rules check` and hot reload (the last good ruleset keeps
+serving). A reason that merely mentions 申诉 / appeal does not count: the
+route is a deliberate key, never a keyword found by accident. Shadow block
+rules need none (they refuse no one) but get their file's, so a trial shows
+the text its promotion will. Warn rules refuse nothing: `appeal:` on one is
+an error. The fail policy's built-in BLOCK reason carries
+service.decision.DEFAULT_APPEAL.
 
 Outcome
 -------

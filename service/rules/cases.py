@@ -14,6 +14,8 @@
         expect:
           outcome: block                # allow | warn | block
           fired: [T15_fraud_payee]      # exact set of rules that match, shadow ones included
+          reasons:                      # optional: exact texts of fired rules' reasons (zh, en or both)
+            T15_fraud_payee: {en: "The payee account is ... You may appeal with your ID at this bank ..."}
 
 Facts name fields of `service.facts.FIELDS` for the case's event kind, never
 identifiers (those appear only through `lists`). As `facts()` does, the
@@ -26,7 +28,7 @@ absent if its field is under `absent`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +47,8 @@ if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no im
     from service.lists import ListSpec
 
 CASE_KEYS = ("name", "event", "facts", "counters", "lists", "absent", "expect")
-EXPECT_KEYS = ("outcome", "fired")
+EXPECT_KEYS = ("outcome", "fired", "reasons")
+TEXT_KEYS = ("zh", "en")
 SUBJECT_ROLE = {
     EventKind.CARD_OPENING: "applicant",
     EventKind.SIM_SALE: "buyer",
@@ -67,6 +70,8 @@ class Case:
     absent: frozenset[str]
     expected_outcome: Outcome
     expected_fired: frozenset[str]
+    # (rule id, language) -> the exact reason text expected, for the rules the case pins
+    expected_texts: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
     def list_hits(self, checks: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bool]:
         return {check: check in self.hits for check in checks if check[1] not in self.absent}
@@ -77,6 +82,7 @@ class CaseFailure:
     case: Case
     outcome: Outcome
     fired: frozenset[str]
+    texts: Mapping[tuple[str, str], str] = field(default_factory=dict)  # the pinned texts that differ, as said
 
     def render(self) -> str:
         case = self.case
@@ -93,6 +99,10 @@ class CaseFailure:
             lines.extend(
                 f"           + {rule_id} (fired, not expected)" for rule_id in sorted(self.fired - case.expected_fired)
             )
+        for (rule_id, language), text in self.texts.items():
+            label = f"  reason {rule_id} {language}: "
+            lines.append(f"{label}expected {case.expected_texts[rule_id, language]}")
+            lines.append(f"{' ' * len(label)}got      {text}")
         return "\n".join(lines)
 
 
@@ -177,6 +187,7 @@ class _CaseLoader:
             absent=absent,
             expected_outcome=expect[0],
             expected_fired=expect[1],
+            expected_texts=expect[2],
         )
 
     def kind(self, node: YNode | None, line: int) -> EventKind | None:
@@ -308,7 +319,9 @@ class _CaseLoader:
             out.append((name, item.line))
         return out
 
-    def expect(self, node: YNode | None, line: int) -> tuple[Outcome, frozenset[str]] | None:
+    def expect(
+        self, node: YNode | None, line: int
+    ) -> tuple[Outcome, frozenset[str], dict[tuple[str, str], str]] | None:
         if node is None:
             self.problem(line, "the case has no 'expect' (outcome and fired rules)")
             return None
@@ -346,9 +359,40 @@ class _CaseLoader:
                 self.problem(item.line, f"no rule has the id {describe(item)}{hint}")
                 continue
             fired.add(rule_id)
+        texts = self.texts(node.get("reasons"), fired)
         if outcome is None:
             return None
-        return outcome, frozenset(fired)
+        return outcome, frozenset(fired), texts
+
+    def texts(self, node: YNode | None, fired: set[str]) -> dict[tuple[str, str], str]:
+        """`reasons: {RULE_ID: {zh: text, en: text}}`: the exact texts of rules the case expects to fire."""
+        if node is None:
+            return {}
+        if not isinstance(node, YMap):
+            self.problem(node.line, f"'reasons' must map rule ids to {{zh: ..., en: ...}}, got {describe(node)}")
+            return {}
+        out: dict[tuple[str, str], str] = {}
+        for key, texts_node in node.items:
+            rule_id = str(key.value)
+            if rule_id not in fired:
+                where = "is not in 'fired'" if rule_id in self.rule_ids else "is not a rule id"
+                self.problem(key.line, f"reasons: '{rule_id}' {where} (only the texts of expected rules are pinned)")
+                continue
+            if not isinstance(texts_node, YMap) or not texts_node.items:
+                self.problem(texts_node.line, f"reasons.{rule_id} must have a 'zh' or 'en' text, or both")
+                continue
+            self.unknown_keys(texts_node, TEXT_KEYS, f"in reasons.{rule_id}")
+            for language in TEXT_KEYS:
+                text_node = texts_node.get(language)
+                if text_node is None:
+                    continue
+                value = text_node.value if isinstance(text_node, YScalar) else None
+                if not isinstance(value, str) or not value.strip():
+                    shown = describe(text_node)
+                    self.problem(text_node.line, f"reasons.{rule_id}.{language} must be text, got {shown}")
+                    continue
+                out[rule_id, language] = value.strip()
+        return out
 
 
 _TYPE_TEXT = {
@@ -400,8 +444,14 @@ def run_cases(compiled: CompiledRuleset, cases: Sequence[Case]) -> CaseReport:
         outcome = outcome_of(reasons)
         fired_somewhere |= fired
         quiet_somewhere |= {r.id for r in compiled.rules.values() if case.kind in r.on and r.id not in fired}
-        if outcome != case.expected_outcome or fired != case.expected_fired:
-            failures.append(CaseFailure(case, outcome, fired))
+        said = {(r.rule_id, "zh"): r.message_zh for r in reasons} | {(r.rule_id, "en"): r.message_en for r in reasons}
+        texts = {
+            key: said.get(key, "(no such reason)")
+            for key, expected in case.expected_texts.items()
+            if said.get(key) != expected
+        }
+        if outcome != case.expected_outcome or fired != case.expected_fired or texts:
+            failures.append(CaseFailure(case, outcome, fired, texts))
     rule_ids = [r.id for r in compiled.rules.values()]
     return CaseReport(
         cases=tuple(cases),

@@ -1,5 +1,17 @@
 """Load a rules directory into a validated `RuleSet`, or fail with every problem as `file:line: problem`.
 
+Appeal routes (Art 32 of the Anti-Telecom and Online Fraud Law: a restricted
+customer is told the reason and how to appeal). Every enforced block rule
+needs an appeal route, written as its own `appeal: {zh: ..., en: ...}` or
+once at the top of its file for all the file's block rules (a rule's own
+wins). It is appended to the rule's reason texts as a sentence of its own,
+so the reason says what happened and the appeal how to contest it. A block
+rule with neither is refused, naming the rule: a reason that merely mentions
+申诉 does not count, so no rule passes the check by accident. Shadow block
+rules need none (they never refuse anyone) but get one when there is one, so
+the trial's text is the text promotion will show. Warn rules refuse nothing:
+an `appeal:` on one is an error, and a file's appeal is not appended to them.
+
 Which files are rules: every `*.rules.yaml` under the directory (recursively,
 skipping hidden files and directories), in order of their relative path.
 `*.cases.yaml` files are test cases (service.rules.cases); counters.yaml and
@@ -16,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from service.decision import Appeal, Language
 from service.domain import EventKind, Outcome
 from service.errors import SourceError, SourceProblem
+from service.facts import FieldType
 from service.rules import expr as ast
 from service.rules.check import check_condition, suggest
 from service.rules.compiler import MAX_MESSAGE_VALUES, MAX_TESTS_PER_SHARD, values_read_on
@@ -25,6 +39,7 @@ from service.rules.logic import cost_per_kind, nnf
 from service.rules.model import (
     Condition,
     CounterInfo,
+    FieldRef,
     ListCheck,
     Mode,
     Read,
@@ -32,7 +47,7 @@ from service.rules.model import (
     RuleSet,
     Template,
 )
-from service.rules.templates import TemplateError, parse_template
+from service.rules.templates import TemplateError, append_appeal, parse_template, render
 from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 
 if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
@@ -41,7 +56,7 @@ if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no im
 RULES_SUFFIX = ".rules.yaml"
 CASES_SUFFIX = ".cases.yaml"
 
-TOP_KEYS = ("revision", "rules")
+TOP_KEYS = ("revision", "appeal", "rules")
 RULE_KEYS = (
     "id",
     "on",
@@ -54,9 +69,11 @@ RULE_KEYS = (
     "owner",
     "enabled",
     "basis",
+    "appeal",
 )
 REQUIRED_RULE_KEYS = ("id", "on", "when", "outcome", "reason")
 REASON_KEYS = ("zh", "en")
+APPEAL_KEYS: tuple[Language, Language] = ("zh", "en")
 _ID = re.compile(r"[A-Za-z0-9_]+")
 _REVISION = re.compile(r"[A-Za-z0-9._+\-]{1,64}")
 _OUTCOMES = {"block": Outcome.BLOCK, "warn": Outcome.WARN}
@@ -125,6 +142,8 @@ class _FileLoader:
         self.file = file
         self.ctx = ctx
         self.labels: list[str] = []
+        self.file_appeal: Appeal | None = None
+        self.file_appeal_written = False  # present, even if broken: its own problems are reported
 
     def problem(self, line: int, text: str) -> None:
         self.ctx.problems.append(SourceProblem(self.file, line, text))
@@ -141,6 +160,10 @@ class _FileLoader:
         revision = tree.get("revision")
         if revision is not None:
             self.revision(revision)
+        appeal = tree.get("appeal")
+        if appeal is not None:
+            self.file_appeal_written = True
+            self.file_appeal = self.appeal(appeal)
         rules_node = tree.get("rules")
         if rules_node is None:
             self.problem(tree.line, "missing 'rules:' (a list of rules)")
@@ -198,6 +221,15 @@ class _FileLoader:
         checked = self.when(when_node, on, label) if on else None
         reads: tuple[Read, ...] = checked[1] if checked else ()
         reasons = self.reason(node.get("reason"), reads if checked else None)
+        own_appeal_node = node.get("appeal")
+        own_appeal = self.appeal(own_appeal_node) if own_appeal_node is not None else None
+        if len(self.ctx.problems) > errors_before:
+            return None
+        # Whether a route is needed is checked on an otherwise valid rule (as the message sizes are
+        # on an otherwise valid ruleset): a rule with an unknown field is not also told to add one.
+        appeal = self.rule_appeal(node, label, outcome, mode, own_appeal)
+        if appeal is not None and reasons is not None:
+            reasons = self.append_appeal(node.get("reason"), reasons, appeal)
         if len(self.ctx.problems) > errors_before:
             return None
         assert rule_id and on and outcome and checked and reasons and isinstance(when_node, YScalar)
@@ -219,7 +251,89 @@ class _FileLoader:
             basis=basis,
             file=self.file,
             line=node.line,
+            appeal=appeal,
         )
+
+    def rule_appeal(
+        self, node: YMap, label: str, outcome: Outcome | None, mode: Mode, own: Appeal | None
+    ) -> Appeal | None:
+        """The appeal route appended to this rule's reasons: its own, else (block rules) its file's."""
+        own_node = node.get("appeal")
+        if own_node is not None and outcome is Outcome.WARN:
+            self.problem(
+                own_node.line,
+                f"{label} warns: 'appeal' is only for block rules (a warning refuses nothing; "
+                "the clerk acts on the reason)",
+            )
+            return None
+        if outcome is not Outcome.BLOCK:
+            return None
+        appeal = own if own_node is not None else self.file_appeal
+        written = own_node is not None or self.file_appeal_written
+        if appeal is None and not written and mode is Mode.ENFORCE:
+            self.problem(
+                node.line,
+                f"{label} blocks but gives no appeal route (Art 32: a refused customer is told how to "
+                "appeal): add 'appeal: {zh: ..., en: ...}' to the rule, or once at the top of the file "
+                "for all its block rules",
+            )
+        return appeal
+
+    def appeal(self, node: YNode) -> Appeal | None:
+        """An `appeal:` mapping: one plain sentence per language, no placeholders."""
+        if not isinstance(node, YMap):
+            self.problem(node.line, f"'appeal' must have 'zh' and 'en' texts, got {describe(node)}")
+            return None
+        for key, _ in node.items:
+            if key.value not in APPEAL_KEYS:
+                self.unknown_key(key, APPEAL_KEYS, "in appeal")
+        texts: dict[Language, str] = {}
+        for language in APPEAL_KEYS:
+            text_node = node.get(language)
+            if text_node is None:
+                self.problem(node.line, f"appeal has no '{language}' text")
+                continue
+            value = text_node.value if isinstance(text_node, YScalar) else None
+            if value is None or (isinstance(value, str) and not value.strip()):
+                self.problem(text_node.line, f"appeal.{language} is empty")
+                continue
+            if not isinstance(value, str):
+                self.problem(text_node.line, f"appeal.{language} must be text, got {describe(text_node)}")
+                continue
+            try:
+                template = parse_template(value.strip())
+            except TemplateError as exc:
+                self.problem(text_node.line, f"appeal.{language}: {exc}")
+                continue
+            if template.placeholders:
+                shown = template.placeholders[0].name
+                self.problem(
+                    text_node.line,
+                    f"appeal.{language} cannot show values ('{{{shown}}}'): the appeal route is the same "
+                    "for every customer",
+                )
+                continue
+            texts[language] = render(template, {}, language)
+        if len(texts) != 2:
+            return None
+        return Appeal(texts["zh"], texts["en"])
+
+    def append_appeal(
+        self, reason_node: YNode | None, reasons: tuple[Template, Template], appeal: Appeal
+    ) -> tuple[Template, Template]:
+        """Both reason texts followed by the appeal; a reason that already holds it is an error."""
+        joined: list[Template] = []
+        for language, template in zip(APPEAL_KEYS, reasons, strict=True):
+            said = appeal.text(language).rstrip("。.")
+            if said and said in render(template, {}, language):
+                text_node = reason_node.get(language) if isinstance(reason_node, YMap) else None
+                self.problem(
+                    text_node.line if text_node is not None else 0,
+                    f"reason.{language} already says the appeal text, which is appended to it: "
+                    "remove it from the reason",
+                )
+            joined.append(append_appeal(template, appeal, language))
+        return joined[0], joined[1]
 
     def rule_id(self, node: YMap, index: int) -> str | None:
         id_node = node.get("id")
@@ -388,6 +502,12 @@ class _FileLoader:
                             f"reason.{language} placeholder '{{{placeholder.name}}}' is not a value "
                             f"this rule reads ({it_reads})",
                         )
+                    elif placeholder.format and not _is_number(placeholder.name, reads):
+                        self.problem(
+                            text_node.line,
+                            f"reason.{language} placeholder '{{{placeholder.name}:{placeholder.format}}}': "
+                            f"the '{placeholder.format}' format shows a number, and '{placeholder.name}' is not one",
+                        )
             templates.append(template)
         if len(templates) != 2:
             return None
@@ -396,6 +516,14 @@ class _FileLoader:
 
 def _is_list_check(read: Read) -> bool:
     return isinstance(read, ListCheck)
+
+
+def _is_number(name: str, reads: Sequence[Read]) -> bool:
+    """Whether the value `name` a rule reads is a number (a counter, or a number field)."""
+    for read in reads:
+        if str(read) == name:
+            return not isinstance(read, FieldRef) or read.type is FieldType.NUMBER
+    return False
 
 
 def _check_message_sizes(rules: Sequence[Rule], whens: Mapping[str, tuple[str, int]], ctx: _Context) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, TypeAlias
 
+from service.decision import Appeal
 from service.domain import EventKind, Outcome
 from service.facts import ALL_KINDS, FieldType
 
@@ -256,7 +257,7 @@ def read_name(read: Read) -> str:
 @dataclass(frozen=True, slots=True)
 class Placeholder:
     name: str
-    format: str = ""  # "" (as is) or "yuan" (an amount in fen shown in yuan)
+    format: str = ""  # "" (as is), "yuan" (fen shown in yuan), "days" / "days_ago" (whole days; templates.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +280,7 @@ class Rule:
     when: Condition
     when_text: str
     outcome: Outcome  # WARN or BLOCK
-    reason_zh: Template
+    reason_zh: Template  # what is said, the appeal (if any) included
     reason_en: Template
     reads: tuple[Read, ...]  # in order of first appearance in `when`
     mode: Mode = Mode.ENFORCE
@@ -290,6 +291,9 @@ class Rule:
     basis: str = ""
     file: str = ""
     line: int = 0
+    # The appeal route appended to both reason texts (the rule's own `appeal:` or its file's);
+    # every enforced block rule has one (Art 32), a warn rule never.
+    appeal: Appeal | None = None
 
     @property
     def shadow(self) -> bool:

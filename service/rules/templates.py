@@ -3,10 +3,27 @@
     本证件30天内已在{banks_30d}家银行开户
     转账金额{transfer.amount_fen:yuan}元
 
+    收款账户为新开账户（{transfer.payee_account_age_days:days_ago}开立）
+    The account sent nothing for {out_idle_24h:days}
+
 `{name}` shows the value as evidence shows it; `{name:yuan}` shows an amount
-in fen as yuan with two decimals (150000 -> 1,500.00). `{{` and `}}` are
-literal braces. A placeholder must name a field or counter the rule's
-condition reads; a value absent from the request renders as 未知 / unknown.
+in fen as yuan with two decimals (150000 -> 1,500.00). Two formats show a
+count of whole days (24-hour periods, as `transfer.payee_account_age_days`
+and idle_days counters count them) the way a clerk says it:
+
+    value   {x:days}                 {x:days_ago}
+    0       不到1天 / less than a day   24小时内 / less than a day ago
+    1       1天 / 1 day              1天前 / 1 day ago
+    7       7天 / 7 days             7天前 / 7 days ago
+
+0 means "less than 24 hours", not "today": an account opened at 23:00 is 0
+days old at 01:00 the next day, so 今天/昨天 would be wrong. A value that
+is not a whole number of days, or is negative, shows as the number with
+天 / days. The formats apply to numbers only (the loader checks it).
+
+`{{` and `}}` are literal braces. A placeholder must name a field or
+counter the rule's condition reads; a value absent from the request renders
+as 未知 / unknown.
 """
 
 from __future__ import annotations
@@ -14,10 +31,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from service.decision import Appeal, Language, appeal_separator
 from service.errors import RiskgateError
 from service.rules.model import Placeholder, Template, format_value
 
-FORMATS = ("yuan",)
+FORMATS = ("yuan", "days", "days_ago")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 UNKNOWN = {"zh": "未知", "en": "unknown"}
 
@@ -68,6 +86,19 @@ def parse_template(source: str) -> Template:
     return Template(source, tuple(parts))
 
 
+def append_appeal(template: Template, appeal: Appeal, language: Language) -> Template:
+    """The reason template followed by the appeal sentence (service.decision.with_appeal's joining)."""
+    text = appeal.text(language)
+    tail = appeal_separator(template.source, language) + text
+    parts = list(template.parts)
+    if parts and isinstance(parts[-1], str):
+        parts[-1] += tail
+    else:
+        parts.append(tail)
+    escaped = tail.replace("{", "{{").replace("}", "}}")
+    return Template(template.source + escaped, tuple(parts))
+
+
 def format_yuan(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return format_value(value)
@@ -77,6 +108,50 @@ def format_yuan(value: object) -> str:
     sign = "-" if fen < 0 else ""
     whole, cents = divmod(abs(fen), 100)
     return f"{sign}{whole:,}.{cents:02d}"
+
+
+def _whole_days(value: object) -> int | None:
+    """The value as a count of days, when it is a non-negative whole number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value >= 0 else None
+
+
+def _plain_days(value: object, language: str) -> str:
+    text = format_value(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return text
+    return f"{text}天" if language == "zh" else f"{text} days"
+
+
+def format_days(value: object, language: str) -> str:
+    """A length of time in whole days: 不到1天 / less than a day, 1天 / 1 day, 7天 / 7 days."""
+    days = _whole_days(value)
+    if days is None:
+        return _plain_days(value, language)
+    if language == "zh":
+        return "不到1天" if days == 0 else f"{days}天"
+    if days == 0:
+        return "less than a day"
+    return "1 day" if days == 1 else f"{days} days"
+
+
+def format_days_ago(value: object, language: str) -> str:
+    """How long ago, from an age in whole days: 24小时内 / less than a day ago, 1天前 / 1 day ago."""
+    days = _whole_days(value)
+    if days is None:
+        plain = _plain_days(value, language)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return plain
+        return plain + ("前" if language == "zh" else " ago")
+    if language == "zh":
+        return "24小时内" if days == 0 else f"{days}天前"
+    return "less than a day ago" if days == 0 else f"{format_days(days, language)} ago"
+
+
+_FORMATTERS = {"days": format_days, "days_ago": format_days_ago}
 
 
 def render(template: Template, values: Mapping[str, object], language: str) -> str:
@@ -90,6 +165,8 @@ def render(template: Template, values: Mapping[str, object], language: str) -> s
             out.append(UNKNOWN[language])
         elif part.format == "yuan":
             out.append(format_yuan(values[part.name]))
+        elif part.format in _FORMATTERS:
+            out.append(_FORMATTERS[part.format](values[part.name], language))
         else:
             out.append(format_value(values[part.name]))
     return "".join(out)

@@ -19,6 +19,8 @@ from service.rules.loader import SourceText, load_rules, load_sources
 from service.rules.model import CounterInfo, RuleSet, counters_from_names
 
 REPO = Path(__file__).resolve().parents[3]
+
+FIXTURE_ROOT = REPO  # tests that name fixtures by relative path run here
 FIXTURES = REPO / "tests" / "fixtures" / "rules"
 COUNTER_NAMES = (
     "banks_30d",

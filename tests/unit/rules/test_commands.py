@@ -11,7 +11,7 @@ import pytest
 
 from service.cli import main
 from service.rules.commands import add_rules_commands, run_check
-from tests.unit.rules.conftest import COUNTER_NAMES, REPO
+from tests.unit.rules.conftest import COUNTER_NAMES, FIXTURE_ROOT
 
 
 def _cli(args: list[str]) -> argparse.Namespace:
@@ -23,7 +23,7 @@ def _cli(args: list[str]) -> argparse.Namespace:
 
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(FIXTURE_ROOT)
 
 
 def test_check_passes_with_a_summary(capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,6 +27,7 @@ rules:
     when: transfer.payee_account in list.fraud_accounts
     outcome: block
     priority: 10
+    appeal: {zh: 如有异议，可向本行申诉。, en: You may appeal at this bank.}
     reason:
       zh: 收款账户为公安机关认定的涉诈账户
       en: The payee account is identified by police
@@ -339,6 +340,6 @@ def test_durable_refusing_a_rule_is_a_source_problem(monkeypatch: pytest.MonkeyP
     with pytest.raises(SourceError) as caught:
         build_ruleset(plan)
     assert [str(p) for p in caught.value.problems] == [
-        "t.rules.yaml:35: durable_rules rejected rule 'T21_bank' "
+        "t.rules.yaml:36: durable_rules rejected rule 'T21_bank' "
         "(error 503: the pattern is too complex (more than 4,096 states))"
     ]

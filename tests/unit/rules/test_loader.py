@@ -102,7 +102,7 @@ def test_structure_errors(text: str, messages: list[str]) -> None:
         ("reason: {zh: 'a}', en: b}", "reason.zh: '}' without '{' (write '}}' for a brace)"),
         (
             "reason: {zh: '{payer.age:usd}', en: b}",
-            "reason.zh: unknown format 'usd' in '{payer.age:usd}' (known: yuan)",
+            "reason.zh: unknown format 'usd' in '{payer.age:usd}' (known: yuan, days, days_ago)",
         ),
         ("reason: {zh: '{1x}', en: b}", "reason.zh: '{1x}' is not a placeholder: use {field} or {counter}"),
         (

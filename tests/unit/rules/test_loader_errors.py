@@ -7,7 +7,7 @@ import pytest
 from service.errors import SourceError
 from service.rules.loader import load_rules
 from service.rules.model import counters_from_names
-from tests.unit.rules.conftest import COUNTERS, FIXTURES, LISTS, REPO
+from tests.unit.rules.conftest import COUNTERS, FIXTURE_ROOT, FIXTURES, LISTS
 
 # The too_many_values fixture reads 220 counters.
 WIDE_COUNTERS = counters_from_names(f"v{i:03d}" for i in range(1, 221))
@@ -15,7 +15,7 @@ WIDE_COUNTERS = counters_from_names(f"v{i:03d}" for i in range(1, 221))
 EXPECTED: dict[str, list[str]] = {
     "unknown_key": [
         "bad.rules.yaml:6: unknown key 'severity' in rule 'K05_many_banks' "
-        "(allowed: id, on, when, outcome, reason, mode, priority, description, owner, enabled, basis)",
+        "(allowed: id, on, when, outcome, reason, mode, priority, description, owner, enabled, basis, appeal)",
     ],
     "unknown_field": [
         "bad.rules.yaml:4: unknown field 'applicant.agee', did you mean 'applicant.age'?",
@@ -99,7 +99,7 @@ EXPECTED: dict[str, list[str]] = {
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
 def test_fixture_fails_with_exact_messages(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(FIXTURE_ROOT)
     directory = f"tests/fixtures/rules/{case}"
     counters = WIDE_COUNTERS if case == "too_many_values" else COUNTERS
     with pytest.raises(SourceError) as caught:
@@ -114,7 +114,7 @@ def test_every_error_fixture_directory_is_pinned() -> None:
 
 
 def test_error_message_joins_all_problems(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(FIXTURE_ROOT)
     with pytest.raises(SourceError) as caught:
         load_rules("tests/fixtures/rules/many_errors", counters=COUNTERS, lists=LISTS)
     assert str(caught.value).count("\n") == len(EXPECTED["many_errors"]) - 1

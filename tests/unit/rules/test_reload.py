@@ -33,6 +33,7 @@ rules:
     when: transfer.payee_account in list.fraud_accounts
     outcome: block
     reason: {zh: 收款账户经公安机关认定为涉诈账户, en: The payee account is identified by police as fraud-involved}
+appeal: {zh: 如有异议，可向本行申诉。, en: You may appeal at this bank.}
 """
 COUNTERS = """\
 counters:

@@ -79,6 +79,9 @@ class ListSpec:
     kind: ListKind
     description: str = ""
     default_ttl: timedelta | None = None
+    # Never named in answers (evidence merges its look-ups into one "confidential list" entry);
+    # named only in the decision log. For intelligence the screened person must not learn of.
+    confidential: bool = False
 
     def accepts_field(self, field: str) -> bool:
         return field.rpartition(".")[2] in KIND_LEAVES[self.kind]
@@ -97,7 +100,7 @@ class ListSpec:
 
 
 _TTL_UNITS = {"h": 3600, "d": 86400, "y": 365 * 86400}
-_LIST_KEYS = ("name", "kind", "description", "default_ttl")
+_LIST_KEYS = ("name", "kind", "description", "default_ttl", "confidential")
 
 
 def _parse_ttl(text: str) -> timedelta | None:
@@ -181,8 +184,15 @@ def _lists_from_tree(tree: Any, file: str, problems: list[SourceProblem]) -> dic
             if default_ttl is None:
                 problem(ttl.line, f"list '{name.value}': 'default_ttl' must look like 72h, 30d or 3y")
                 continue
+        confidential = entry.get("confidential")
+        if confidential is not None and (
+            not isinstance(confidential, YScalar) or not isinstance(confidential.value, bool)
+        ):
+            problem(confidential.line, f"list '{name.value}': 'confidential' must be true or false")
+            continue
         text = description.value if isinstance(description, YScalar) and description.value else ""
-        specs[name.value] = ListSpec(name.value, ListKind(str(kind.value)), str(text), default_ttl)
+        secret = bool(confidential.value) if isinstance(confidential, YScalar) else False
+        specs[name.value] = ListSpec(name.value, ListKind(str(kind.value)), str(text), default_ttl, secret)
     return specs
 
 

@@ -152,7 +152,13 @@ class _Layout:
         )
 
 
-_FROM_FACTS, _FROM_COUNTERS, _FROM_LISTS = 0, 1, 2
+_FROM_FACTS, _FROM_COUNTERS, _FROM_LISTS, _FROM_CONFIDENTIAL = 0, 1, 2, 3
+
+
+def confidential_evidence(field: str) -> str:
+    """The evidence name of a rule's look-ups of `field` in confidential lists, merged: which list
+    (a police warning, a vulnerable-person flag) is never shown, only whether any of them hit."""
+    return f"{field} in a confidential list"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,13 +170,15 @@ class _ReasonPlan:
     static_en: str | None
 
     @classmethod
-    def of(cls, rule: Rule) -> _ReasonPlan:
+    def of(cls, rule: Rule, confidential: frozenset[str] = frozenset()) -> _ReasonPlan:
         reads: list[tuple[int, str, tuple[str, str]]] = []
         for read in rule.reads:
             if isinstance(read, FieldRef):
                 reads.append((_FROM_FACTS, read.name, ("", "")))
             elif isinstance(read, CounterRef):
                 reads.append((_FROM_COUNTERS, read.name, ("", "")))
+            elif read.list_name in confidential:
+                reads.append((_FROM_CONFIDENTIAL, confidential_evidence(read.field), (read.list_name, read.field)))
             else:
                 reads.append((_FROM_LISTS, str(read), (read.list_name, read.field)))
         zh = rule.reason_zh.source if not rule.reason_zh.placeholders else None
@@ -220,7 +228,8 @@ class CompiledRuleset:
             (check.list_name, check.field) for inputs in plan.inputs.values() for check, _ in inputs.lists
         )
         self._layouts = {kind: _Layout.of(inputs) for kind, inputs in plan.inputs.items()}
-        self._reason_plans = {rule.id: _ReasonPlan.of(rule) for rule in self.rules.values()}
+        confidential = frozenset(name for name, spec in plan.ruleset.lists.items() if spec.confidential)
+        self._reason_plans = {rule.id: _ReasonPlan.of(rule, confidential) for rule in self.rules.values()}
         self._shards = [_Shard(s.index, s.definition, s.rule_ids) for s in plan.shards]
         self._closed = False
         self._retired = False
@@ -430,11 +439,19 @@ class CompiledRuleset:
         plan = self._reason_plans[rule.id]
         evidence: list[tuple[str, str]] = []
         values: dict[str, object] = {}
+        merged: dict[str, int] = {}  # confidential look-ups: evidence name -> its place in `evidence`
         for source, name, check in plan.reads:
-            if source == _FROM_LISTS:
+            if source in (_FROM_LISTS, _FROM_CONFIDENTIAL):
                 hit = list_hits.get(check)
-                if hit is not None:
+                if hit is None:
+                    continue
+                if source == _FROM_LISTS:
                     evidence.append((name, "hit" if hit else "miss"))
+                elif name not in merged:
+                    merged[name] = len(evidence)
+                    evidence.append((name, "hit" if hit else "miss"))
+                elif hit:
+                    evidence[merged[name]] = (name, "hit")  # any of them hit; never which
                 continue
             value: object = (facts if source == _FROM_FACTS else counters).get(name)
             if value is not None:

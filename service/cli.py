@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
 
-import grpc
-from google.protobuf import json_format
-
-from service import __version__, logs
-from service._gen.riskgate.v1 import screening_pb2 as pb
+from service import __version__, logs, screen_tool
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.access.commands import add_access_commands
 from service.access.identity import ClientCredentials
@@ -45,28 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _requests(stream: TextIO) -> Iterator[pb.ScreenRequest]:
-    """One JSON request, or JSON Lines (one request per line), in the proto JSON mapping."""
-    text = stream.read()
-    stripped = text.strip()
-    if not stripped:
-        return
-    try:
-        documents = [json.loads(stripped)]
-    except json.JSONDecodeError:
-        documents = [json.loads(line) for line in stripped.splitlines() if line.strip()]
-    for document in documents:
-        yield json_format.ParseDict(document, pb.ScreenRequest())
-
-
 def _screen(args: argparse.Namespace) -> int:
     target = args.target or _settings().listen
-    try:
-        requests = list(_requests(sys.stdin))
-    except (json.JSONDecodeError, json_format.ParseError) as error:
-        print(f"riskgate screen: bad request JSON: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    failed = False
     client = ClientCredentials(
         ca=_path(args.ca), cert=_path(args.cert), key=_path(args.key), token_file=_path(args.token_file)
     )
@@ -76,18 +51,38 @@ def _screen(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"riskgate screen: {error}", file=sys.stderr)
         return EXIT_USAGE
+    live = sys.stderr.isatty()
+    options = screen_tool.Options(
+        window=args.window,
+        timeout=args.timeout,
+        stop_on_error=args.stop_on_error,
+        progress=live if args.progress is None else args.progress,
+        live=live,
+    )
     with channel:
-        stub = pb_grpc.ScreeningStub(channel)
-        for request in requests:
-            try:
-                decision = stub.Screen(request, timeout=args.timeout, metadata=metadata)
-            except grpc.RpcError as error:
-                print(f"{request.request_id}: {error.code().name}: {error.details()}", file=sys.stderr)
-                failed = True
-                continue
-            document = json_format.MessageToDict(decision, preserving_proto_field_name=True)
-            print(json.dumps(document, ensure_ascii=False, indent=None if len(requests) > 1 else 2))
-    return EXIT_FAILED if failed else EXIT_OK
+        opener = screen_tool.stream_opener(pb_grpc.ScreeningStub(channel), metadata)
+        items = screen_tool.read_requests(screen_tool.fd_lines(sys.stdin.fileno()))
+        return screen_tool.run(items, opener, sys.stdout, sys.stderr, time.monotonic, options)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
+    return value
 
 
 def _path(value: str | None) -> Path | None:
@@ -122,10 +117,34 @@ def parser() -> argparse.ArgumentParser:
 
     screen = commands.add_parser(
         "screen",
-        help="screen requests read as JSON (one object, or JSON Lines) from stdin; print the decisions",
+        help="screen requests read as JSON (JSON Lines, or one object) from stdin; print the decisions",
+        description=(
+            "Screen the ScreenRequests read from stdin (JSON Lines in the protobuf JSON mapping; or one"
+            " pretty-printed object, when the first line is not a whole JSON value) over one ScreenStream, and"
+            " print each Decision as a JSON line on stdout. A line that is not a request is reported on stderr"
+            " as stdin:LINE: PROBLEM and skipped. A summary goes to stderr. Exit 0 when every line was screened,"
+            " 1 when a line was bad, an answer was an error or the stream failed, 2 for bad options."
+        ),
     )
     screen.add_argument("--target", help="server address (default: RISKGATE_LISTEN)")
-    screen.add_argument("--timeout", type=float, default=5.0, help="deadline per request, seconds")
+    screen.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        help="seconds to wait for the next answer while requests are in flight; then give up (default 5)",
+    )
+    screen.add_argument("--window", type=_positive_int, default=64, help="requests in flight at most (default 64)")
+    screen.add_argument(
+        "--stop-on-error",
+        action="store_true",
+        help="stop sending at the first bad line or error answer (default: report it and go on)",
+    )
+    screen.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress on stderr (default: only when stderr is a terminal)",
+    )
     screen.add_argument("--ca", help="TLS: the CA (PEM) that signed the server's certificate")
     screen.add_argument("--cert", help="mTLS: this client's certificate (PEM)")
     screen.add_argument("--key", help="mTLS: this client's private key (PEM)")

@@ -30,12 +30,14 @@ $(STAMP): pyproject.toml
 # protoc writes `from riskgate.v1 import ...`; the stubs live inside our
 # package, so those imports are rewritten to `service._gen.riskgate.v1`.
 protos: $(GEN)/.stamp
-$(GEN)/.stamp: $(PROTOS) $(STAMP)
+$(GEN)/.stamp: $(PROTOS) $(STAMP) Makefile
 	rm -rf $(GEN)
 	mkdir -p $(GEN)
 	$(PY) -m grpc_tools.protoc -Iproto \
 		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 		--python_out=$(GEN) --grpc_python_out=$(GEN) --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTOS)
+	# The same files with their comments, for server reflection (`grpcurl describe` shows them).
+	$(PY) -m grpc_tools.protoc -Iproto --include_source_info --descriptor_set_out=$(GEN)/documented.pb $(PROTOS)
 	find $(GEN) -type d -exec touch {}/__init__.py \;
 	find $(GEN) -name '*.py' -o -name '*.pyi' | xargs sed -i -E \
 		-e 's/^from riskgate\.v1 import /from service._gen.riskgate.v1 import /' \

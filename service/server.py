@@ -29,13 +29,15 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
+from google.protobuf import descriptor_pb2
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
@@ -83,6 +85,45 @@ HEALTH_NAMES = ("", SCREENING_SERVICE, *ADMIN_SERVICES)
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
+DOCUMENTED_DESCRIPTORS = Path(__file__).parent / "_gen" / "documented.pb"
+
+
+def documented_files(path: Path = DOCUMENTED_DESCRIPTORS) -> dict[str, bytes]:
+    """Our .proto files as FileDescriptorProtos with their comments (source info), by file name,
+    from the descriptor set `make protos` writes; empty (reflection without comments) if absent."""
+    try:
+        files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file
+    except (OSError, DecodeError):
+        log.warning("no %s: server reflection serves the API without its documentation", path)
+        return {}
+    return {f.name: f.SerializeToString() for f in files}
+
+
+class DocumentedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+    """grpcio-reflection's servicer, serving our files with their comments: the generated modules'
+    descriptors carry none, so `grpcurl describe` would show the API undocumented. (Overrides the
+    two look-ups of grpcio-reflection 1.62's base servicer, pinned with grpcio.)"""
+
+    def __init__(self, names: Sequence[str], documented: Mapping[str, bytes]) -> None:
+        super().__init__(names)
+        self._documented = documented
+
+    def _with_comments(self, response: reflection_pb2.ServerReflectionResponse) -> Any:
+        if response.HasField("file_descriptor_response"):
+            files = response.file_descriptor_response.file_descriptor_proto
+            for index, raw in enumerate(files):
+                documented = self._documented.get(descriptor_pb2.FileDescriptorProto.FromString(raw).name)
+                if documented is not None:
+                    files[index] = documented
+        return response
+
+    def _file_by_filename(self, filename: str) -> Any:
+        return self._with_comments(super()._file_by_filename(filename))
+
+    def _file_containing_symbol(self, fully_qualified_name: str) -> Any:
+        return self._with_comments(super()._file_containing_symbol(fully_qualified_name))
+
+
 def enable_reflection(server: grpc.aio.Server) -> None:
     """Server reflection as grpc.reflection.v1alpha (what grpcio-reflection 1.62 ships) and as
     grpc.reflection.v1 (what grpcurl, Postman and newer clients ask first): the two protocols'
@@ -95,7 +136,7 @@ def enable_reflection(server: grpc.aio.Server) -> None:
         reflection.SERVICE_NAME,
         REFLECTION_V1,
     )
-    servicer = reflection.aio.ReflectionServicer(names)
+    servicer = DocumentedReflection(names, documented_files())
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,

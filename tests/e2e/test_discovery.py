@@ -54,3 +54,19 @@ def test_reflection_lists_and_describes_every_service(server: RunningServer, ver
             ]
             services = {f"{f.package}.{s.name}" for f in files for s in f.service}
             assert name in services
+
+
+def test_reflection_serves_the_api_with_its_documentation(server: RunningServer) -> None:
+    """`grpcurl describe riskgate.v1.Screening` shows the .proto comments."""
+    with server.channel() as channel:
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="riskgate.v1.Screening")
+        (reply,) = _reflect(channel, "v1", iter([request]))
+    files = {
+        f.name: f
+        for f in (
+            descriptor_pb2.FileDescriptorProto.FromString(raw)
+            for raw in reply.file_descriptor_response.file_descriptor_proto
+        )
+    }
+    comments = " ".join(loc.leading_comments for loc in files["riskgate/v1/screening.proto"].source_code_info.location)
+    assert "Screen one event" in comments and "ALREADY_EXISTS" in comments

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -209,17 +209,41 @@ def stream_id(moment: str | None, default: str) -> str:
     return str(max(0, int(parsed.timestamp() * 1000)))
 
 
-async def export_decisions(client: Any, key: str, out: TextIO, since: str, until: str) -> int:
+Document = Callable[[str, Mapping[Any, Any]], dict[str, Any]]
+
+
+async def export_stream(client: Any, key: str, out: TextIO, since: str, until: str, document: Document) -> int:
+    """Write a stream's entries from `since` to `until` (stream ids) as JSON Lines; how many."""
     written = 0
     start = since
     while True:
         batch = await client.xrange(key, min=start, max=until, count=1000)
         for entry_id, fields in batch:
-            out.write(json.dumps(entry_document(entry_id.decode(), fields), ensure_ascii=False) + "\n")
+            out.write(json.dumps(document(entry_id.decode(), fields), ensure_ascii=False) + "\n")
             written += 1
         if len(batch) < 1000:
             return written
         start = "(" + batch[-1][0].decode()
+
+
+async def tail_stream(client: Any, key: str, *, from_start: bool, count: int | None, document: Document) -> None:
+    """Print a stream's entries as JSON Lines as they are appended (from the oldest with
+    `from_start`), until `count` were printed or forever."""
+    last = "0-0" if from_start else "$"
+    shown = 0
+    while count is None or shown < count:
+        reply = await client.xread({key: last}, block=1000, count=100)
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                last = entry_id.decode()
+                print(json.dumps(document(last, fields), ensure_ascii=False), flush=True)
+                shown += 1
+                if count is not None and shown >= count:
+                    return
+
+
+async def export_decisions(client: Any, key: str, out: TextIO, since: str, until: str) -> int:
+    return await export_stream(client, key, out, since, until, entry_document)
 
 
 def _decisions_export(args: argparse.Namespace) -> int:
@@ -250,17 +274,7 @@ def _decisions_tail(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with tool_connection(settings) as client:
             key = f"{hasher_for(settings).prefix}:log:{LOG_STREAM}"
-            last = "0-0" if args.from_start else "$"
-            shown = 0
-            while args.count is None or shown < args.count:
-                reply = await client.xread({key: last}, block=1000, count=100)
-                for _stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        last = entry_id.decode()
-                        print(json.dumps(entry_document(last, fields), ensure_ascii=False), flush=True)
-                        shown += 1
-                        if args.count is not None and shown >= args.count:
-                            return
+            await tail_stream(client, key, from_start=args.from_start, count=args.count, document=entry_document)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
         asyncio.run(run())

@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 from service.access.audit import audit_key
 from service.access.policy import PERMISSIONS, parse_policy
 from service.access.tokens import TOKEN_NAME, new_token, parse_tokens
-from service.admin_cli import stream_id
+from service.admin_cli import export_stream, stream_id, tail_stream
 from service.errors import InvalidValue, SourceProblem
 from service.redisconn import hasher_for, tool_connection
 from service.settings import Settings
@@ -87,24 +87,11 @@ def _token_new(args: argparse.Namespace) -> int:
     return 0
 
 
-def _document(entry_id: bytes, fields: dict[Any, Any]) -> dict[str, str]:
+def _document(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any]:
     def text(value: Any) -> str:
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    return {"stream_id": entry_id.decode(), **{text(k): text(v) for k, v in fields.items()}}
-
-
-async def export_audit(client: Any, key: str, out: TextIO, since: str, until: str) -> int:
-    written = 0
-    start = since
-    while True:
-        batch = await client.xrange(key, min=start, max=until, count=1000)
-        for entry_id, fields in batch:
-            out.write(json.dumps(_document(entry_id, fields), ensure_ascii=False) + "\n")
-            written += 1
-        if len(batch) < 1000:
-            return written
-        start = "(" + batch[-1][0].decode()
+    return {"stream_id": entry_id, **{text(k): text(v) for k, v in fields.items()}}
 
 
 def _audit_export(args: argparse.Namespace) -> int:
@@ -120,8 +107,8 @@ def _audit_export(args: argparse.Namespace) -> int:
             key = audit_key(hasher_for(settings).prefix)
             if args.out:
                 with Path(args.out).open("w", encoding="utf-8") as out:
-                    return await export_audit(client, key, out, since, until)
-            return await export_audit(client, key, sys.stdout, since, until)
+                    return await export_stream(client, key, out, since, until, _document)
+            return await export_stream(client, key, sys.stdout, since, until, _document)
 
     written = asyncio.run(run())
     print(f"{written} audit entries exported", file=sys.stderr)
@@ -134,17 +121,7 @@ def _audit_tail(args: argparse.Namespace) -> int:
     async def run() -> None:
         async with tool_connection(settings) as client:
             key = audit_key(hasher_for(settings).prefix)
-            last = "0-0" if args.from_start else "$"
-            shown = 0
-            while args.count is None or shown < args.count:
-                reply = await client.xread({key: last}, block=1000, count=100)
-                for _stream, entries in reply or []:
-                    for entry_id, fields in entries:
-                        last = entry_id.decode()
-                        print(json.dumps(_document(entry_id, fields), ensure_ascii=False), flush=True)
-                        shown += 1
-                        if args.count is not None and shown >= args.count:
-                            return
+            await tail_stream(client, key, from_start=args.from_start, count=args.count, document=_document)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
         asyncio.run(run())

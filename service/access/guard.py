@@ -245,48 +245,31 @@ class Guard(grpc.aio.ServerInterceptor):
         return self._wrap(method, handler)
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler[_Req, _Resp]) -> grpc.RpcMethodHandler[_Req, _Resp]:
-        guard = self
+        serializers = (handler.request_deserializer, handler.response_serializer)
         if handler.unary_unary is not None:
-            inner_uu: Any = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
-                    principal = guard.admit(method, context)
-                except Denied as denied:
-                    await guard._refuse(method, context, denied)
-                token = _CURRENT.set(principal)
-                try:
-                    return await inner_uu(request, context)
-                finally:
-                    _CURRENT.reset(token)
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(self._single(method, handler.unary_unary), *serializers)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, handler.unary_stream), handler.request_deserializer, handler.response_serializer
-            )
+            return grpc.unary_stream_rpc_method_handler(self._streaming(method, handler.unary_stream), *serializers)
         if handler.stream_unary is not None:
-            inner_su: Any = handler.stream_unary
+            return grpc.stream_unary_rpc_method_handler(self._single(method, handler.stream_unary), *serializers)
+        return grpc.stream_stream_rpc_method_handler(self._streaming(method, handler.stream_stream), *serializers)
 
-            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                try:
-                    principal = guard.admit(method, context)
-                except Denied as denied:
-                    await guard._refuse(method, context, denied)
-                token = _CURRENT.set(principal)
-                try:
-                    return await inner_su(requests, context)
-                finally:
-                    _CURRENT.reset(token)
+    def _single(self, method: str, inner: Any) -> Callable[..., Awaitable[Any]]:
+        """A handler answering one message (its request one message or a stream), admitted first."""
+        guard = self
 
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(method, handler.stream_stream), handler.request_deserializer, handler.response_serializer
-        )
+        async def single(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                principal = guard.admit(method, context)
+            except Denied as denied:
+                await guard._refuse(method, context, denied)
+            token = _CURRENT.set(principal)
+            try:
+                return await inner(request, context)
+            finally:
+                _CURRENT.reset(token)
+
+        return single
 
     def _streaming(self, method: str, inner: Any) -> Callable[..., AsyncIterator[Any]]:
         guard = self

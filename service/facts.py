@@ -38,6 +38,7 @@ from service.domain import (
     TransferChannel,
     local_time,
 )
+from service.money import CNY_ONLY, ExchangeRates
 
 Scalar = int | float | bool | str
 
@@ -177,7 +178,20 @@ _EVENT_FIELDS: tuple[tuple[str, FieldType, frozenset[EventKind], str, bool], ...
     ("transfer.payer_account", FieldType.IDENTIFIER, frozenset({_T}), "payer's account number", False),
     ("transfer.payee_account", FieldType.IDENTIFIER, frozenset({_T}), "payee's account number", False),
     ("transfer.payee_bank", FieldType.STRING, frozenset({_T}), "payee's bank code", False),
-    ("transfer.amount_fen", FieldType.NUMBER, frozenset({_T}), "amount in fen", False),
+    (
+        "transfer.amount_fen",
+        FieldType.NUMBER,
+        frozenset({_T}),
+        "amount in CNY fen (a transfer in another currency converted at rates.yaml's rate)",
+        False,
+    ),
+    (
+        "transfer.original_amount_fen",
+        FieldType.NUMBER,
+        frozenset({_T}),
+        "amount in hundredths of transfer.currency, as the request gave it",
+        False,
+    ),
     ("transfer.currency", FieldType.STRING, frozenset({_T}), "ISO 4217 code, e.g. 'CNY'", False),
     ("transfer.channel", FieldType.STRING, frozenset({_T}), "'counter', 'online', 'mobile' or 'atm'", False),
     (
@@ -269,8 +283,13 @@ def _person_ids(prefix: str, person: Person, out: dict[str, str]) -> None:
         out[f"{prefix}.address"] = person.address
 
 
-def facts(request: ScreenRequest) -> dict[str, Scalar]:
-    """Every non-identifier field of `FIELDS` that has a value for `request`."""
+def facts(request: ScreenRequest, rates: ExchangeRates = CNY_ONLY) -> dict[str, Scalar]:
+    """Every non-identifier field of `FIELDS` that has a value for `request`.
+
+    A transfer's `transfer.amount_fen` is in CNY at `rates` (the rates of the
+    rules that read it); ValidationError on `transfer.currency` when its
+    currency has none.
+    """
     outlet = request.outlet
     local = local_time(request.occurred_at)
     out: dict[str, Scalar] = {
@@ -309,7 +328,8 @@ def facts(request: ScreenRequest) -> dict[str, Scalar]:
     elif isinstance(event, Transfer):
         _person("payer", event.payer, out)
         out["transfer.payee_bank"] = event.payee_bank
-        out["transfer.amount_fen"] = event.amount_fen
+        out["transfer.amount_fen"] = rates.cny_fen(event.amount_fen, event.currency)
+        out["transfer.original_amount_fen"] = event.amount_fen
         out["transfer.currency"] = event.currency
         out["transfer.channel"] = event.channel.value
         if event.payee_account_opened_at is not None:

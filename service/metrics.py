@@ -69,6 +69,11 @@ class Metrics:
             registry=self.registry,
         )
         self.ruleset = Info("riskgate_ruleset", "The ruleset revision serving now.", registry=self.registry)
+        self.rates_age = Gauge(
+            "riskgate_exchange_rates_age_days",
+            "Days since the as_of date of the exchange rates serving now (rules/rates.yaml); -1 without rates.",
+            registry=self.registry,
+        )
         self.unwritten_log_entries = Gauge(
             "riskgate_unwritten_decision_log_entries",
             "Decision-log entries in the backlog (memory and spool file) until Redis takes them.",

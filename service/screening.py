@@ -19,6 +19,7 @@ from service.clock import Clock
 from service.decision import decide, unavailable_reason
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
 from service.facts import Scalar, facts, identifiers
+from service.money import ExchangeRates
 
 ListHits = Mapping[tuple[str, str], bool]
 CounterValues = Mapping[str, int | float]
@@ -29,6 +30,11 @@ class RuleEvaluator(Protocol):
 
     @property
     def revision(self) -> str: ...
+
+    @property
+    def rates(self) -> ExchangeRates:
+        """The exchange rates of the same rule files: facts are in CNY at these rates."""
+        ...
 
     def list_checks_for(self, kind: EventKind) -> Collection[tuple[str, str]]:
         """(list name, field) pairs the rules on `kind` test, e.g. ('fraud_accounts', 'transfer.payee_account')."""
@@ -96,10 +102,12 @@ class Screener:
     async def screen(self, request: ScreenRequest, deadline: float | None = None) -> Decision:
         """Decide one request. `deadline` (monotonic seconds) bounds the time spent waiting on risk data."""
         started = self._clock.monotonic()
-        request_facts = facts(request)
         ids = identifiers(request)
         with self._session() as session:
             rules, risk_data = session.rules, session.risk_data
+            # Amounts at the rates of these rules; a currency without a rate is refused here,
+            # before anything is counted.
+            request_facts = facts(request, rules.rates)
             observation = await risk_data.observe(
                 request, request_facts, ids, rules.list_checks_for(request.kind), deadline
             )

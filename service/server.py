@@ -55,7 +55,7 @@ from service.access.tls import CertificateFiles, TlsFiles
 from service.admin import RulesService, WatchlistsService
 from service.clock import Clock, SystemClock
 from service.decision import decide
-from service.domain import Decision, Outcome, ScreenRequest
+from service.domain import Decision, Outcome, ScreenRequest, local_time
 from service.errors import ConfigError, FieldProblem, RiskgateError, StoreUnavailable, ValidationError
 from service.facts import facts, identifiers
 from service.lists import Watchlists
@@ -385,6 +385,7 @@ class Server:
         self._service: ScreeningService | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_ok: bool | None = None
+        self._stale_rates_warned = ""  # the revision whose stale rates were logged
         self.port = 0
 
     @contextmanager
@@ -416,6 +417,7 @@ class Server:
         """Load the rules (refusing to start on a broken directory), bind, and serve."""
         active = await asyncio.to_thread(self.rules.load)
         self.metrics.set_revision(active.revision)
+        self._check_rates()
         service = ScreeningService(
             self.screener, self._validator(), self.metrics, self.clock, self.settings.stream_idle_seconds
         )
@@ -491,7 +493,7 @@ class Server:
             now = self.clock.now()
             for message in warm_up_requests(now):
                 request = validator(message)
-                request_facts, ids = facts(request), identifiers(request)
+                request_facts, ids = facts(request, active.rates), identifiers(request)
                 reasons = active.evaluate(request_facts, {}, {})
                 decision = decide(
                     request_id=request.request_id,
@@ -578,6 +580,21 @@ class Server:
             await self._set_health(RULES_COMPONENT, serving=not self.rules.last_errors)
             await self.guard.reload()
             self.metrics.unwritten_log_entries.set(self.risk.log.backlog)
+            self._check_rates()
+
+    def _check_rates(self) -> None:
+        """The exchange rates' age, as a metric, and one warning per ruleset while they are stale."""
+        active = self.rules.current
+        rates, today = active.rates, local_time(self.clock.now()).date()
+        age = rates.age_days(today)
+        self.metrics.rates_age.set(-1 if age is None else age)
+        if rates.stale(today) and self._stale_rates_warned != active.revision:
+            self._stale_rates_warned = active.revision
+            log.warning(
+                "the exchange rates are stale: still used, update them",
+                extra={"fields": {"file": rates.file, "as_of": str(rates.as_of), "age_days": age,
+                                  "stale_after_days": rates.stale_after_days}},
+            )  # fmt: skip
 
 
 async def run(settings: Settings) -> None:

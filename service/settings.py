@@ -242,7 +242,9 @@ SETTINGS: dict[str, SettingDoc] = {
         "Decision-log entries kept (in memory and in the spool file) while Redis cannot take them; "
         "beyond it the oldest are dropped, counted in riskgate_decision_log_dropped_total and logged.",
     ),
-    "rules_dir": SettingDoc("RISKGATE_RULES_DIR", "rules", _path, "Directory of rule, counter and watchlist files."),
+    "rules_dir": SettingDoc(
+        "RISKGATE_RULES_DIR", "rules", _path, "Directory of rule, counter, watchlist and exchange-rate files."
+    ),
     "rules_poll_seconds": SettingDoc(
         "RISKGATE_RULES_POLL_SECONDS",
         "2",

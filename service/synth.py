@@ -247,7 +247,12 @@ _STREETS: Final = (
     "府前街", "南大街", "北大街", "东大街", "西大街",
 )  # fmt: skip
 _VILLAGE_PREFIXES: Final = "王李张刘陈杨赵周吴徐孙马胡朱郭何高林"
-_ABROAD: Final = (("HK", "HKD"), ("SG", "SGD"), ("US", "USD"), ("GB", "GBP"), ("JP", "JPY"), ("AU", "AUD"))
+# Payee countries abroad, their currency and about how many CNY one unit is (the amount a person
+# means in CNY is sent in that currency; the service converts it back with rules/rates.yaml).
+_ABROAD: Final = (
+    ("HK", "HKD", 0.91), ("SG", "SGD", 5.5), ("US", "USD", 7.1), ("GB", "GBP", 9.0), ("JP", "JPY", 0.047),
+    ("AU", "AUD", 4.65),
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -1092,7 +1097,8 @@ class _Generator:
             ip_region = people.county_in(rng, people.other_province(rng, payer.province))  # travelling
         country = currency = ""
         if rng.random() < 0.002:
-            country, currency = rng.choice(_ABROAD)
+            country, currency, cny_per_unit = rng.choice(_ABROAD)
+            amount = max(1, round(amount / cny_per_unit))
             payee = f"{rng.randrange(10**11, 10**12)}"
             payee_bank, payee_opened = f"{country}-BANK-{rng.randint(1, 9)}", None
         return self._transfer(

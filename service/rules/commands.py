@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from service.errors import SourceError
+from service.money import ExchangeRates
 from service.rules.cases import load_cases, run_cases
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import load_directory
@@ -61,7 +62,8 @@ def run_check(
     print(
         f"ok: {len(rules)} rules ({len(enabled)} enabled, {shadow} shadow) in {len(ruleset.files)} files, "
         f"{len(cases)} cases; {len(counters)} counters ({len(loaded.filters)} where filters), "
-        f"{len(loaded.lists)} lists; revision {ruleset.revision}; {compiled.shard_count} durable rulesets",
+        f"{len(loaded.lists)} lists; {_rates_summary(loaded.rates)}; revision {ruleset.revision}; "
+        f"{compiled.shard_count} durable rulesets",
         file=out,
     )
     return 0
@@ -131,3 +133,9 @@ def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         return run_test(args.directory, extra_counters=args.counter)
 
     test.set_defaults(handler=do_test)
+
+
+def _rates_summary(rates: ExchangeRates) -> str:
+    if not rates.rates:
+        return "CNY only (no rates.yaml)"
+    return f"{len(rates.rates)} exchange rates as of {rates.as_of}"

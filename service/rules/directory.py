@@ -1,4 +1,4 @@
-"""A whole rules directory: rule files, counters.yaml and lists.yaml, loaded and checked together.
+"""A whole rules directory: rule files, counters.yaml, lists.yaml and rates.yaml, loaded and checked together.
 
     rules/
       openings.rules.yaml       rules (service.rules.loader)
@@ -6,16 +6,19 @@
       counters.yaml             velocity counters (service.counters.spec); their `where` filters
                                 are checked here with the rules language (service.rules.filters)
       lists.yaml                watchlists (service.lists)
+      rates.yaml                exchange rates into CNY (service.rules.rates, service.money)
 
-The three kinds of file are one unit: the counters declare which counter
-values rules may read (and on which event kinds), the lists which `list.NAME`
-exist and what kind of value each holds. So `load_directory` checks them
-together, and the content hash (what hot reload compares) and the ruleset
-revision (stamped on every decision) cover all of them: editing counters.yaml
-gives a new revision even when no rule file changed. Case files are not part
+The kinds of file are one unit: the counters declare which counter values
+rules may read (and on which event kinds), the lists which `list.NAME` exist
+and what kind of value each holds, the rates what a foreign amount is in the
+CNY the thresholds are written in. So `load_directory` checks them together,
+and the content hash (what hot reload compares) and the ruleset revision
+(stamped on every decision) cover all of them: editing counters.yaml or a
+rate gives a new revision even when no rule file changed. Case files are not part
 of either: they do not change what the service decides.
 
-A missing counters.yaml means no counters; a missing lists.yaml, no lists.
+A missing counters.yaml means no counters; a missing lists.yaml, no lists; a
+missing rates.yaml, CNY only.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from pathlib import Path
 from service.counters.spec import CounterSpec, parse_counters
 from service.errors import SourceError, SourceProblem
 from service.lists import LISTS_FILE, ListSpec, load_lists
+from service.money import CNY_ONLY, ExchangeRates
 from service.rules.filters import CounterFilters, compile_filters
 from service.rules.loader import RULES_SUFFIX, SourceText, find_files, load_sources, read_source
 from service.rules.model import CounterInfo, RuleSet
+from service.rules.rates import RATES_FILE, parse_rates
 
 COUNTERS_FILE = "counters.yaml"
 _LOAD_ATTEMPTS = 3
@@ -51,16 +56,17 @@ class DirectoryTexts:
     counters: SourceText | None
     lists: SourceText | None
     content_hash: str  # SHA-256 hex over every file's relative path and text
+    rates: SourceText | None = None
 
     @property
     def context(self) -> tuple[SourceText, ...]:
         """The non-rule files that shape what the rules mean (hashed into the revision)."""
-        return tuple(t for t in (self.counters, self.lists) if t is not None)
+        return tuple(t for t in (self.counters, self.lists, self.rates) if t is not None)
 
 
 @dataclass(frozen=True, slots=True)
 class RulesDirectory:
-    """A fully valid rules directory: the rules, the counters with their compiled filters, the lists."""
+    """A fully valid rules directory: the rules, the counters with their compiled filters, the lists, the rates."""
 
     directory: str
     content_hash: str
@@ -68,6 +74,7 @@ class RulesDirectory:
     counter_spec: CounterSpec
     filters: CounterFilters
     lists: Mapping[str, ListSpec] = field(default_factory=dict)
+    rates: ExchangeRates = CNY_ONLY
 
     @property
     def revision(self) -> str:
@@ -107,10 +114,11 @@ def read_directory(directory: str | Path) -> DirectoryTexts:
             rules.append(SourceText(shown, text, relative.as_posix()))
     counters = _read_optional(root, directory, COUNTERS_FILE, problems)
     lists = _read_optional(root, directory, LISTS_FILE, problems)
+    rates = _read_optional(root, directory, RATES_FILE, problems)
     if problems:
         raise SourceError(problems)
-    context = tuple(t for t in (counters, lists) if t is not None)
-    return DirectoryTexts(str(directory), tuple(rules), counters, lists, _hash((*rules, *context)))
+    context = tuple(t for t in (counters, lists, rates) if t is not None)
+    return DirectoryTexts(str(directory), tuple(rules), counters, lists, _hash((*rules, *context)), rates)
 
 
 def stat_signature(directory: str | Path) -> tuple[tuple[str, int, int, int, int], ...]:
@@ -122,7 +130,7 @@ def stat_signature(directory: str | Path) -> tuple[tuple[str, int, int, int, int
     root = Path(directory)
     if not root.is_dir():
         return ()
-    paths = [*find_files(root, RULES_SUFFIX), root / COUNTERS_FILE, root / LISTS_FILE]
+    paths = [*find_files(root, RULES_SUFFIX), root / COUNTERS_FILE, root / LISTS_FILE, root / RATES_FILE]
     out = []
     for path in paths:
         try:
@@ -179,9 +187,17 @@ def load_texts(texts: DirectoryTexts, *, extra_counters: Iterable[str] = ()) -> 
         except SourceError as exc:
             problems.extend(exc.problems)
     lists = _load_lists(Path(texts.directory), texts.lists, problems)
+    rates = CNY_ONLY
+    if texts.rates is not None:
+        try:
+            rates = parse_rates(texts.rates.text, texts.rates.shown)
+        except SourceError as exc:
+            problems.extend(exc.problems)
     if problems:
         problems.append(
-            SourceProblem(texts.directory, 0, "the rule files are checked once counters.yaml and lists.yaml are valid")
+            SourceProblem(
+                texts.directory, 0, "the rule files are checked once counters.yaml, lists.yaml and rates.yaml are valid"
+            )
         )
         raise SourceError(problems)
     if not texts.rules:
@@ -190,7 +206,7 @@ def load_texts(texts: DirectoryTexts, *, extra_counters: Iterable[str] = ()) -> 
     for name in extra_counters:
         counters.setdefault(name, CounterInfo(name))
     ruleset = load_sources(texts.rules, counters=counters, lists=lists, also_hashed=texts.context)
-    return RulesDirectory(texts.directory, texts.content_hash, ruleset, spec, filters, lists)
+    return RulesDirectory(texts.directory, texts.content_hash, ruleset, spec, filters, lists, rates)
 
 
 def load_directory(directory: str | Path, *, extra_counters: Iterable[str] = ()) -> RulesDirectory:

@@ -47,6 +47,7 @@ from service.decision import order_reasons, outcome_of
 from service.domain import EventKind, Outcome, Reason
 from service.errors import EvaluationError, SourceError, SourceProblem
 from service.facts import FieldType, Scalar
+from service.money import CNY
 from service.rules.compiler import CompiledPlan, KindInputs, compile_ruleset, number_text
 from service.rules.loader import load_rules
 from service.rules.model import (
@@ -57,7 +58,7 @@ from service.rules.model import (
     RuleSet,
     format_value,
 )
-from service.rules.templates import render
+from service.rules.templates import AMOUNT, CURRENCY, ORIGINAL_AMOUNT, render
 
 if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
     from service.lists import ListSpec
@@ -168,6 +169,7 @@ class _ReasonPlan:
     reads: tuple[tuple[int, str, tuple[str, str]], ...]
     static_zh: str | None
     static_en: str | None
+    reads_amount: bool = False  # a transfer in another currency adds its currency and own amount
 
     @classmethod
     def of(cls, rule: Rule, confidential: frozenset[str] = frozenset()) -> _ReasonPlan:
@@ -188,6 +190,7 @@ class _ReasonPlan:
             tuple(reads),
             render(rule.reason_zh, {}, "zh") if zh is not None else None,
             render(rule.reason_en, {}, "en") if en is not None else None,
+            any(source == _FROM_FACTS and name == AMOUNT for source, name, _ in reads),
         )
 
 
@@ -457,6 +460,12 @@ class CompiledRuleset:
             if value is not None:
                 values[name] = value
                 evidence.append((name, str(value) if type(value) is int else format_value(value)))
+        if plan.reads_amount and facts.get(CURRENCY, CNY) != CNY:
+            # The amount read is in CNY: say what the transfer was made in (`:money` shows both).
+            for name in (CURRENCY, ORIGINAL_AMOUNT):
+                if name not in values and name in facts:
+                    values[name] = facts[name]
+                    evidence.append((name, format_value(facts[name])))
         return Reason(
             rule_id=rule.id,
             outcome=rule.outcome,

@@ -47,7 +47,7 @@ from service.rules.model import (
     RuleSet,
     Template,
 )
-from service.rules.templates import TemplateError, append_appeal, parse_template, render
+from service.rules.templates import AMOUNT, TemplateError, append_appeal, parse_template, render
 from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 
 if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
@@ -501,6 +501,19 @@ class _FileLoader:
                             text_node.line,
                             f"reason.{language} placeholder '{{{placeholder.name}}}' is not a value "
                             f"this rule reads ({it_reads})",
+                        )
+                    elif placeholder.format == "money" and placeholder.name != AMOUNT:
+                        self.problem(
+                            text_node.line,
+                            f"reason.{language} placeholder '{{{placeholder.name}:money}}': the 'money' format"
+                            f" shows a transfer's own amount, {{{AMOUNT}:money}}; show other sums with ':yuan'",
+                        )
+                    elif placeholder.name == AMOUNT and placeholder.format != "money":
+                        self.problem(
+                            text_node.line,
+                            f"reason.{language} placeholder '{{{placeholder.name}"
+                            f"{':' + placeholder.format if placeholder.format else ''}}}': show a transfer's amount"
+                            f" with '{{{AMOUNT}:money}}', which says the currency it was made in and its unit",
                         )
                     elif placeholder.format and not _is_number(placeholder.name, reads):
                         self.problem(

@@ -51,6 +51,7 @@ from service.domain import EventKind, Reason
 from service.errors import EvaluationError, RiskgateError, SourceError
 from service.facts import Scalar
 from service.lists import ListSpec
+from service.money import CNY_ONLY, ExchangeRates
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import (
     ContentChanged,
@@ -78,9 +79,9 @@ class ActiveRules:
     """Everything a request needs from the rules directory, from one consistent set of files.
 
     `where` is the counters' filter predicate (`service.counters.spec.Predicate`)
-    for `counter_spec`; `lists` the watchlists the rules may look up.
-    `revision`, `list_checks` and `evaluate` make it a
-    `service.screening.RuleEvaluator`.
+    for `counter_spec`; `lists` the watchlists the rules may look up; `rates`
+    what a transfer in another currency is in CNY. `revision`, `rates`,
+    `list_checks` and `evaluate` make it a `service.screening.RuleEvaluator`.
     """
 
     ruleset: CompiledRuleset
@@ -89,6 +90,7 @@ class ActiveRules:
     lists: Mapping[str, ListSpec]
     content_hash: str
     directory: str
+    rates: ExchangeRates = CNY_ONLY
 
     @property
     def compiled(self) -> CompiledRuleset:
@@ -121,6 +123,7 @@ def build(directory: RulesDirectory) -> ActiveRules:
         lists=directory.lists,
         content_hash=directory.content_hash,
         directory=directory.directory,
+        rates=directory.rates,
     )
 
 

@@ -7,7 +7,15 @@
     The account sent nothing for {out_idle_24h:days}
 
 `{name}` shows the value as evidence shows it; `{name:yuan}` shows an amount
-in fen as yuan with two decimals (150000 -> 1,500.00). Two formats show a
+in fen as yuan with two decimals (150000 -> 1,500.00). A transfer's own amount
+is shown with `{transfer.amount_fen:money}`, which says the currency it was
+made in and brings its unit (`:yuan` on it is refused, it would hide a
+foreign currency):
+
+    CNY 150000                 1,500.00元 / 1,500.00 yuan
+    USD 500000 (3559300 CNY)   5,000.00美元（约合35,593.00元）/ USD 5,000.00 (about 35,593.00 yuan)
+
+Two formats show a
 count of whole days (24-hour periods, as `transfer.payee_account_age_days`
 and idle_days counters count them) the way a clerk says it:
 
@@ -35,7 +43,16 @@ from service.decision import Appeal, Language, appeal_separator
 from service.errors import RiskgateError
 from service.rules.model import Placeholder, Template, format_value
 
-FORMATS = ("yuan", "days", "days_ago")
+FORMATS = ("yuan", "money", "days", "days_ago")
+AMOUNT = "transfer.amount_fen"  # in CNY fen (service.money); the one field `money` formats
+ORIGINAL_AMOUNT = "transfer.original_amount_fen"
+CURRENCY = "transfer.currency"
+# The currencies a clerk reads by name in Chinese; others show by their code (1,000.00 CHF).
+_CURRENCY_ZH = {
+    "USD": "美元", "EUR": "欧元", "GBP": "英镑", "HKD": "港元", "JPY": "日元", "SGD": "新加坡元",
+    "AUD": "澳大利亚元", "CAD": "加拿大元", "CHF": "瑞士法郎", "NZD": "新西兰元", "MOP": "澳门元",
+    "KRW": "韩元", "THB": "泰铢", "MYR": "林吉特", "RUB": "卢布",
+}  # fmt: skip
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 UNKNOWN = {"zh": "未知", "en": "unknown"}
 
@@ -154,6 +171,20 @@ def format_days_ago(value: object, language: str) -> str:
 _FORMATTERS = {"days": format_days, "days_ago": format_days_ago}
 
 
+def format_money(values: Mapping[str, object], language: str) -> str:
+    """A transfer's amount with its unit: in CNY, or in its own currency and about what in CNY."""
+    cny = format_yuan(values[AMOUNT])
+    currency = values.get(CURRENCY, "CNY")
+    original = values.get(ORIGINAL_AMOUNT)
+    if currency == "CNY" or not isinstance(currency, str) or original is None:
+        return f"{cny}元" if language == "zh" else f"{cny} yuan"
+    amount = format_yuan(original)
+    if language == "zh":
+        named = f"{amount}{_CURRENCY_ZH[currency]}" if currency in _CURRENCY_ZH else f"{amount} {currency}"
+        return f"{named}（约合{cny}元）"
+    return f"{currency} {amount} (about {cny} yuan)"
+
+
 def render(template: Template, values: Mapping[str, object], language: str) -> str:
     """The text with each placeholder replaced by its value (values missing from `values` are unknown)."""
     out: list[str] = []
@@ -165,6 +196,8 @@ def render(template: Template, values: Mapping[str, object], language: str) -> s
             out.append(UNKNOWN[language])
         elif part.format == "yuan":
             out.append(format_yuan(values[part.name]))
+        elif part.format == "money":
+            out.append(format_money(values, language))
         elif part.format in _FORMATTERS:
             out.append(_FORMATTERS[part.format](values[part.name], language))
         else:

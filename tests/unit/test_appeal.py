@@ -19,6 +19,7 @@ from service.decision import DEFAULT_APPEAL, UNAVAILABLE_RULE_ID, Appeal, unavai
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
 from service.errors import SourceError
 from service.facts import Scalar
+from service.money import CNY_ONLY
 from service.rules.commands import run_check
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import load_directory
@@ -111,6 +112,7 @@ class _NowClock:
 
 class _NoRules:
     revision = "none@1"
+    rates = CNY_ONLY
 
     def list_checks_for(self, kind: EventKind) -> Collection[tuple[str, str]]:
         return ()
@@ -260,7 +262,7 @@ def test_the_engine_says_the_reason_then_the_appeal() -> None:
     text = (
         FILE_APPEAL
         + "rules:\n"
-        + block_rule(zh="收款账户涉诈，本笔{transfer.amount_fen:yuan}元未执行", when=listed_and_paid)
+        + block_rule(zh="收款账户涉诈，本笔{transfer.amount_fen:money}未执行", when=listed_and_paid)
         + block_rule("T15_static", zh="未执行 {{注意}}", en="Not made")
     )
     compiled = build_ruleset(compile_ruleset(load(text)))

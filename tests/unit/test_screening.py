@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from service.decision import UNAVAILABLE_RULE_ID
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
 from service.facts import Scalar
+from service.money import CNY_ONLY
 from service.screening import CounterValues, ListHits, Observation, Screener
 from tests.unit.test_facts import EVENTS, OUTLET
 
@@ -26,6 +27,7 @@ class FixedClock:
 
 class Rules:
     revision = "test@1"
+    rates = CNY_ONLY
 
     def list_checks_for(self, kind: EventKind) -> Collection[tuple[str, str]]:
         return {("fraud_accounts", "transfer.payee_account")} if kind is EventKind.TRANSFER else set()

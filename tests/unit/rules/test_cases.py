@@ -100,7 +100,7 @@ rules:
     on: [transfer]
     when: transfer.payee_account in list.fraud_accounts and transfer.amount_fen > 0
     outcome: block
-    reason: {zh: '本笔{transfer.amount_fen:yuan}元未执行', en: Not made}
+    reason: {zh: '本笔{transfer.amount_fen:money}未执行', en: Not made}
   - id: T17_elderly
     on: [transfer]
     when: payer.age >= 60

@@ -33,7 +33,7 @@ def test_check_passes_with_a_summary(capsys: pytest.CaptureFixture[str]) -> None
     assert note == "note: no 'basis' (law article or practice) for T25_device"
     assert summary.startswith(
         "ok: 4 rules (4 enabled, 1 shadow) in 1 files, 7 cases; 1 counters (0 where filters), 3 lists; "
-        "revision cases-1@"
+        "CNY only (no rates.yaml); revision cases-1@"
     )
     assert summary.endswith("; 1 durable rulesets")
 
@@ -89,7 +89,7 @@ def test_run_check_writes_to_the_given_stream(tmp_path: Path) -> None:
     summary = out.getvalue().splitlines()[-1]
     assert summary.startswith(
         "ok: 24 rules (23 enabled, 1 shadow) in 2 files, 0 cases; 0 counters (0 where filters), 7 lists; "
-        "revision rich-1@"
+        "CNY only (no rates.yaml); revision rich-1@"
     )
 
 
@@ -106,7 +106,7 @@ def test_check_reports_counter_and_list_files_and_filters(capsys: pytest.Capture
         "did you mean 'applicant.age'?\n"
         f"{directory}/lists.yaml:3: list 'fraud_accounts': 'kind' must be one of id_number, account, phone, "
         "device, region\n"
-        f"{directory}:0: the rule files are checked once counters.yaml and lists.yaml are valid\n"
+        f"{directory}:0: the rule files are checked once counters.yaml, lists.yaml and rates.yaml are valid\n"
         "3 problems\n"
     )
 

@@ -77,7 +77,7 @@ def test_broken_counters_and_lists_are_reported_before_the_rules(tmp_path: Path)
         f"{directory}/counters.yaml:2: counter 'banks': missing 'windows'",
         f"{directory}/counters.yaml:6: counter 'banks': unknown key 'windowz'; did you mean 'windows'?",
         f"{directory}/lists.yaml:1: 'lists' must be a list",
-        f"{directory}:0: the rule files are checked once counters.yaml and lists.yaml are valid",
+        f"{directory}:0: the rule files are checked once counters.yaml, lists.yaml and rates.yaml are valid",
     ]
 
 

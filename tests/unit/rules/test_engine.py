@@ -37,8 +37,8 @@ rules:
     outcome: warn
     priority: 50
     reason:
-      zh: "{payer.age}岁付款人转账{transfer.amount_fen:yuan}元"
-      en: "Payer aged {payer.age} sends {transfer.amount_fen:yuan} yuan"
+      zh: "{payer.age}岁付款人转账{transfer.amount_fen:money}"
+      en: "Payer aged {payer.age} sends {transfer.amount_fen:money}"
   - id: T18_new_account
     on: [transfer]
     when: transfer.payee_account_age_days <= 7 or transfer.amount_fen >= 10_000_000

@@ -27,7 +27,7 @@ rules:
     basis: 反电信网络诈骗法 第十八条
     enabled: false
     reason:
-      zh: 60岁以上付款人转账{transfer.amount_fen:yuan}元 {{注意}}
+      zh: 60岁以上付款人转账{transfer.amount_fen:money} {{注意}}
       en: payer aged {payer.age}
 """
 
@@ -44,7 +44,7 @@ def test_every_key_is_read() -> None:
     assert rule.basis == "反电信网络诈骗法 第十八条"
     assert rule.enabled is False
     assert rule.when_text == "payer.age >= 60 and transfer.amount_fen >= 5_000_000"
-    assert rule.reason_zh.parts == ("60岁以上付款人转账", Placeholder("transfer.amount_fen", "yuan"), "元 {注意}")
+    assert rule.reason_zh.parts == ("60岁以上付款人转账", Placeholder("transfer.amount_fen", "money"), " {注意}")
     assert (rule.file, rule.line) == ("t.rules.yaml", 3)
 
 
@@ -102,7 +102,7 @@ def test_structure_errors(text: str, messages: list[str]) -> None:
         ("reason: {zh: 'a}', en: b}", "reason.zh: '}' without '{' (write '}}' for a brace)"),
         (
             "reason: {zh: '{payer.age:usd}', en: b}",
-            "reason.zh: unknown format 'usd' in '{payer.age:usd}' (known: yuan, days, days_ago)",
+            "reason.zh: unknown format 'usd' in '{payer.age:usd}' (known: yuan, money, days, days_ago)",
         ),
         ("reason: {zh: '{1x}', en: b}", "reason.zh: '{1x}' is not a placeholder: use {field} or {counter}"),
         (

@@ -167,7 +167,7 @@ def test_broken_counters_or_lists_are_errors_too(manager: RulesManager, rules_di
     assert result.errors == [
         f"{rules_dir}/counters.yaml:11: counter 'night': where: 'banks_30d' is not a field "
         "(a counter's where reads request fields only)",
-        f"{rules_dir}:0: the rule files are checked once counters.yaml and lists.yaml are valid",
+        f"{rules_dir}:0: the rule files are checked once counters.yaml, lists.yaml and rates.yaml are valid",
     ]
     _edit(rules_dir / "counters.yaml", " and banks_30d > 1", "")
     (rules_dir / "lists.yaml").write_text("lists: []\n", encoding="utf-8")

@@ -19,7 +19,6 @@ and error streams and a clock, so the tests drive it with a fake stream.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.errors import RiskgateError
+from service.suggest import closest
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -224,8 +224,8 @@ def _message_problem(value: object, descriptor: Descriptor, path: str) -> str | 
 def _unknown_field(key: str, descriptor: Descriptor) -> str:
     shown = key if len(key) <= 40 else key[:40] + "..."
     names = {f.name: f.name for f in descriptor.fields} | {f.json_name.lower(): f.name for f in descriptor.fields}
-    close = difflib.get_close_matches(key.lower(), list(names), n=1, cutoff=0.7)
-    hint = f'; did you mean "{names[close[0]]}"?' if close else ""
+    close = closest(key.lower(), names, cutoff=0.7)
+    hint = f'; did you mean "{names[close]}"?' if close else ""
     return f'unknown field "{shown}" in {descriptor.name}{hint}'
 
 

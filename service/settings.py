@@ -8,7 +8,6 @@ default.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ConfigError
+from service.suggest import closest
 
 PREFIX = "RISKGATE_"
 
@@ -399,8 +399,8 @@ class Settings:
         known = {doc.env for doc in SETTINGS.values()}
         for name in env:
             if name.startswith(PREFIX) and name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1)
-                hint = f", did you mean {close[0]}?" if close else ""
+                close = closest(name, sorted(known))
+                hint = f", did you mean {close}?" if close else ""
                 raise ConfigError(f"unknown setting {name}{hint}")
         values = {attr: doc.parse(env.get(doc.env, doc.default), doc.env) for attr, doc in SETTINGS.items()}
         settings = cls(**values)

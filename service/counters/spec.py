@@ -165,7 +165,6 @@ Semantics
 
 from __future__ import annotations
 
-import difflib
 import enum
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -180,6 +179,7 @@ from service.counters.keys import counter_tag, field_domain
 from service.domain import EventKind
 from service.errors import SourceError, SourceProblem
 from service.facts import FIELDS, FieldType, Scalar
+from service.suggest import did_you_mean
 
 MAX_WINDOW_SECONDS = 180 * 86400
 MAX_BUCKETS = 200
@@ -419,11 +419,6 @@ class _Map:
 _Node = _Scalar | _Seq | _Map
 
 
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else ""
-
-
 def _kinds_text(kinds: Iterable[EventKind]) -> str:
     return ", ".join(k.value for k in sorted(kinds, key=_KIND_ORDER.__getitem__))
 
@@ -491,7 +486,7 @@ class _Loader:
         else:
             for key, key_line, _ in root.items:
                 if key != "counters":
-                    self.problem(key_line, f"unknown key '{key}'{_suggest(key, ['counters'])}")
+                    self.problem(key_line, f"unknown key '{key}'{did_you_mean(key, ['counters'])}")
             items = root.get("counters")
             if items is None:
                 self.problem(root.line, "missing 'counters'")
@@ -601,7 +596,7 @@ class _Loader:
         return node.line
 
     def unknown_key(self, key: str, line: int, allowed: Iterable[str]) -> None:
-        hint = _suggest(key, allowed)
+        hint = did_you_mean(key, allowed)
         if not hint:
             hint = f" (expected one of: {', '.join(sorted(allowed))})"
         self.problem(line, f"unknown key '{key}'{hint}")
@@ -657,13 +652,15 @@ class _Loader:
         try:
             return EventKind(text)
         except ValueError:
-            self.problem(line, f"unknown event kind '{text}'{context}{_suggest(text, [k.value for k in EventKind])}")
+            self.problem(
+                line, f"unknown event kind '{text}'{context}{did_you_mean(text, [k.value for k in EventKind])}"
+            )
             return None
 
     def field(self, text: str, line: int) -> str | None:
         if text in FIELDS:
             return text
-        self.problem(line, f"unknown field '{text}'{_suggest(text, FIELDS)}")
+        self.problem(line, f"unknown field '{text}'{did_you_mean(text, FIELDS)}")
         return None
 
     # ------------------------------------------------------------ aggregate

@@ -36,12 +36,13 @@ from service.decision import outcome_of
 from service.domain import EventKind, Outcome
 from service.errors import SourceError, SourceProblem
 from service.facts import FIELDS, FieldType, Scalar
-from service.rules.check import choice_problem, list_kind_problem, suggest, unknown_list_problem
+from service.rules.check import choice_problem, list_kind_problem, unknown_list_problem
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import CompiledRuleset, build_ruleset
 from service.rules.loader import CASES_SUFFIX, find_files, load_rules, read_source
 from service.rules.model import CounterInfo, RuleSet
 from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
+from service.suggest import suggest
 
 if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
     from service.lists import ListSpec

@@ -11,7 +11,6 @@ in its fields-only mode: no counters, no lists.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from service.rules.model import (
     TextIn,
 )
 from service.rules.patterns import PatternError, matches_pattern, startswith_pattern, text_problem
+from service.suggest import suggest, suggest_value
 
 if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
     from service.lists import ListSpec
@@ -83,16 +83,6 @@ def kinds_text(kinds: Sequence[EventKind] | frozenset[EventKind]) -> str:
     return ", ".join(k.value for k in ordered)
 
 
-def suggest_value(value: str, choices: frozenset[str]) -> str | None:
-    """A 'did you mean' for a string that is not one of a field's values: same letters in another case,
-    else a close spelling."""
-    for choice in sorted(choices):
-        if choice.lower() == value.lower():
-            return choice
-    close = difflib.get_close_matches(value, sorted(choices), n=1, cutoff=0.6)
-    return close[0] if close else None
-
-
 def choice_problem(field_name: str, value: str) -> str | None:
     """Why `value` can never be the value of `field_name` (an enum-like field), or None."""
     spec = FIELDS.get(field_name)
@@ -106,19 +96,6 @@ def choice_problem(field_name: str, value: str) -> str | None:
 
 def choices_text(choices: frozenset[str]) -> str:
     return ", ".join(f"'{c}'" for c in sorted(choices))
-
-
-def suggest(name: str, candidates: Sequence[str], preferred: Sequence[str] = ()) -> str | None:
-    """A 'did you mean' candidate for an unknown name, or None."""
-    leaf = name.rsplit(".", 1)[-1]
-    same_leaf = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf and c != name]
-    if same_leaf and "." not in name:
-        for c in preferred:
-            if c in same_leaf:
-                return c
-        return sorted(same_leaf)[0]
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 class Checker:

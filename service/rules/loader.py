@@ -33,7 +33,7 @@ from service.domain import EventKind, Outcome
 from service.errors import SourceError, SourceProblem
 from service.facts import FieldType
 from service.rules import expr as ast
-from service.rules.check import check_condition, suggest
+from service.rules.check import check_condition
 from service.rules.compiler import MAX_MESSAGE_VALUES, MAX_TESTS_PER_SHARD, values_read_on
 from service.rules.logic import cost_per_kind, nnf
 from service.rules.model import (
@@ -49,6 +49,7 @@ from service.rules.model import (
 )
 from service.rules.templates import AMOUNT, TemplateError, append_appeal, parse_template, render
 from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
+from service.suggest import suggest
 
 if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
     from service.lists import ListSpec

@@ -38,6 +38,7 @@ from benchmarks import loadgen
 from benchmarks.common import median
 from benchmarks.servers import SCREEN_METHOD, ScreeningStack
 from benchmarks.traffic import PoolSlice, repeats_needed, write_pool
+from service.errors import Unsupported
 
 T = TypeVar("T")
 PATCHES = ("gc", "gc-threshold", "separate-claim", "held-connections", "record-batched")
@@ -77,7 +78,7 @@ def patch_held_connections() -> None:
     from service import redis_mux
 
     def unsupported(cls: Any, client: Any) -> Any:
-        raise redis_mux.Unsupported("the held-connections experiment")
+        raise Unsupported("the held-connections experiment")
 
     redis_mux.Multiplexer.for_client = classmethod(unsupported)  # type: ignore[method-assign,assignment]
 

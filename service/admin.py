@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import NoReturn
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,10 +23,10 @@ from service._gen.riskgate.v1 import admin_pb2_grpc as pb_grpc
 from service.access.audit import AuditEntry, AuditTrail
 from service.access.guard import Principal, current_principal
 from service.access.limits import CheckEntryLimit
-from service.api import abort_invalid
+from service.api import abort_invalid, status_of
 from service.clock import Clock
-from service.errors import InvalidValue, StoreUnavailable
-from service.lists import Entry, UnknownList, Watchlists
+from service.errors import InvalidValue, RateLimited, RiskgateError, StoreUnavailable, UnknownList
+from service.lists import Entry, Watchlists
 from service.validate import parse_timestamp
 
 log = logging.getLogger("riskgate.admin")
@@ -54,13 +55,15 @@ def entry_to_proto(entry: Entry) -> pb.WatchlistEntry:
     )
 
 
-async def _fail(context: Context, error: Exception) -> None:
-    """Map a watchlist error to its status; never echo the value."""
-    if isinstance(error, UnknownList):
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-    if isinstance(error, InvalidValue):
+async def _fail(context: Context, error: Exception) -> NoReturn:
+    """End the call with the error's status (`service.api.status_of`); never echo the value."""
+    if not isinstance(error, RiskgateError) or isinstance(error, StoreUnavailable):
+        error = StoreUnavailable(f"watchlists unavailable: {error}")
+    code = status_of(error)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
         await abort_invalid(context, error)
-    await context.abort(grpc.StatusCode.UNAVAILABLE, f"watchlists unavailable: {error}")
+    await context.abort(code, str(error))
+    raise AssertionError("abort returned")  # pragma: no cover - abort raises
 
 
 def _note(text: str) -> str:
@@ -120,7 +123,6 @@ class WatchlistsService(pb_grpc.WatchlistsServicer):
                 principal, "lists.add", list=request.list, reason=request.reason[:256], note=note, result=_result(error)
             )
             await _fail(context, error)
-            raise  # unreachable: abort raises
         await self._record(
             principal,
             "lists.add",
@@ -146,7 +148,6 @@ class WatchlistsService(pb_grpc.WatchlistsServicer):
                 principal, "lists.remove", list=request.list, value_hash=value_hash, note=note, result=_result(error)
             )
             await _fail(context, error)
-            raise
         await self._record(
             principal,
             "lists.remove",
@@ -166,20 +167,20 @@ class WatchlistsService(pb_grpc.WatchlistsServicer):
             allowed = await self._check_limit.allow(principal.name, self._clock)
         except _STORE_ERRORS as error:
             await _fail(context, error)
-            raise
         if not allowed:
             if self._on_limited is not None:
                 self._on_limited(principal.name)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"CheckEntry limit reached: {self._check_limit.per_minute} a minute for principal "
-                f"'{principal.name}' (RISKGATE_CHECK_ENTRY_PER_MINUTE); retry next minute",
+            await _fail(
+                context,
+                RateLimited(
+                    f"CheckEntry limit reached: {self._check_limit.per_minute} a minute for principal "
+                    f"'{principal.name}' (RISKGATE_CHECK_ENTRY_PER_MINUTE); retry next minute"
+                ),
             )
         try:
             entry = await self._lists().check(request.list, request.value, at=self._clock.now())
         except (UnknownList, InvalidValue, *_STORE_ERRORS) as error:
             await _fail(context, error)
-            raise
         return pb.CheckEntryResponse(listed=entry is not None)
 
     async def DescribeLists(self, request: pb.DescribeListsRequest, context: Context) -> pb.DescribeListsResponse:
@@ -188,7 +189,6 @@ class WatchlistsService(pb_grpc.WatchlistsServicer):
             sizes = await lists.sizes(at=self._clock.now())
         except _STORE_ERRORS as error:
             await _fail(context, error)
-            raise
         return pb.DescribeListsResponse(
             lists=[
                 pb.ListDescription(name=s.name, kind=s.kind.value, description=s.description, entries=sizes[s.name])

@@ -24,8 +24,8 @@ from service.access.identity import local_identity
 from service.clock import SystemClock
 from service.decisions import LOG_STREAM, entry_document
 from service.domain import CHINA_TZ
-from service.errors import ConfigError, InvalidValue, SourceError
-from service.lists import LISTS_FILE, Entry, UnknownList, Watchlists, load_lists
+from service.errors import ConfigError, InvalidValue, SourceError, UnknownList
+from service.lists import LISTS_FILE, Entry, Watchlists, load_lists
 from service.redisconn import hasher_for, tool_connection
 from service.settings import Settings
 

@@ -21,9 +21,13 @@ from service.errors import (
     FieldProblem,
     InFlight,
     InvalidValue,
+    PermissionDenied,
+    RateLimited,
     RequestIdReused,
     RiskgateError,
     StoreUnavailable,
+    Unauthenticated,
+    UnknownList,
     ValidationError,
 )
 
@@ -73,16 +77,26 @@ async def abort_invalid(context: grpc.aio.ServicerContext[Any, Any], error: Risk
     raise AssertionError("abort returned")  # pragma: no cover - abort raises
 
 
+# Every riskgate error a call can end with, and its gRPC status: the one place they are mapped.
+# Order matters where classes nest (InFlight is a StoreUnavailable).
+_STATUS: tuple[tuple[type[RiskgateError], grpc.StatusCode], ...] = (
+    (ValidationError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidValue, grpc.StatusCode.INVALID_ARGUMENT),
+    (RequestIdReused, grpc.StatusCode.ALREADY_EXISTS),
+    (UnknownList, grpc.StatusCode.NOT_FOUND),
+    (InFlight, grpc.StatusCode.ABORTED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (RateLimited, grpc.StatusCode.RESOURCE_EXHAUSTED),
+)
+
+
 def status_of(error: RiskgateError) -> grpc.StatusCode:
-    """The gRPC status code for an error that reaches the API edge."""
-    if isinstance(error, (ValidationError, InvalidValue)):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(error, RequestIdReused):
-        return grpc.StatusCode.ALREADY_EXISTS
-    if isinstance(error, InFlight):
-        return grpc.StatusCode.ABORTED
-    if isinstance(error, StoreUnavailable):
-        return grpc.StatusCode.UNAVAILABLE
+    """The gRPC status code for an error that reaches the API edge (INTERNAL for any other)."""
+    for kind, code in _STATUS:
+        if isinstance(error, kind):
+            return code
     return grpc.StatusCode.INTERNAL
 
 

@@ -53,8 +53,8 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from service.clock import Clock
-from service.errors import ConfigError
-from service.redis_mux import Multiplexer, Unsupported, pack_command
+from service.errors import ConfigError, Unsupported
+from service.redis_mux import Multiplexer, pack_command
 
 log = logging.getLogger("riskgate.decision_log")
 

@@ -93,3 +93,82 @@ class RequestIdReused(RiskgateError):
 
 class RedisLaunchError(RiskgateError):
     """The embedded redis-server could not be found or started."""
+
+
+# --- rule files: conditions, patterns, templates, the durable compilation -----------------
+
+
+class ConditionSyntaxError(RiskgateError):
+    def __init__(self, column: int, message: str) -> None:
+        super().__init__(f"syntax error at column {column}: {message}")
+        self.column = column
+        self.message = message
+
+
+class PatternError(RiskgateError):
+    """A pattern outside the supported subset; the message names the problem."""
+
+
+class NegatedPatternError(RiskgateError):
+    """`not` reached a startswith/matches test: durable_rules cannot negate a pattern."""
+
+
+class TemplateError(RiskgateError):
+    pass
+
+
+class CompileError(RiskgateError):
+    """Two message names share durable's 32-bit name hash (which it would conflate)."""
+
+    def __init__(self, *keys: str) -> None:
+        super().__init__(f"message names {' and '.join(repr(k) for k in keys)} share a durable hash")
+        self.keys = keys
+
+
+class ContentChanged(SourceError):
+    """A file changed between being read (and hashed) and being loaded: read the directory again."""
+
+
+# --- risk data, and who may ask for it ---------------------------------------------------------
+
+
+class UnknownList(RiskgateError):
+    """A watchlist name that lists.yaml does not declare."""
+
+
+class Unsupported(RiskgateError):
+    """The client's connection needs what the multiplexer does not do (see the module doc).
+
+    The caller keeps using the client's own connections."""
+
+
+class Unauthenticated(RiskgateError):
+    """The call carries no credential the service accepts (an invalid token, no certificate or
+    token beyond loopback). `label` names the caller for metrics and the audit trail."""
+
+    def __init__(self, message: str, label: str) -> None:
+        super().__init__(message)
+        self.label = label
+
+
+class PermissionDenied(RiskgateError):
+    """The caller is known, but its roles do not hold the permission the call needs."""
+
+    def __init__(self, message: str, label: str) -> None:
+        super().__init__(message)
+        self.label = label
+
+
+class RateLimited(RiskgateError):
+    """The caller used up its allowance (CheckEntry per minute); retry later."""
+
+
+class InternalError(RiskgateError):
+    """A bug: the request was not decided. Never carries the exception's text to the caller."""
+
+
+# --- tools ---------------------------------------------------------------------------------
+
+
+class ScreenToolError(RiskgateError):
+    """The stream answered something the protocol does not allow."""

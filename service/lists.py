@@ -43,7 +43,7 @@ from redis.exceptions import NoScriptError
 from service import validate
 from service.counters.keys import KeyHasher
 from service.domain import local_time
-from service.errors import ConfigError, InvalidValue, RiskgateError, SourceError, SourceProblem
+from service.errors import ConfigError, InvalidValue, SourceError, SourceProblem, UnknownList
 from service.rules.yamlsrc import YMap, YScalar, YSeq, describe, parse_yaml
 
 LISTS_FILE = "lists.yaml"
@@ -67,10 +67,6 @@ KIND_LEAVES: Mapping[ListKind, frozenset[str]] = {
     ListKind.DEVICE: frozenset({"device_id"}),
     ListKind.REGION: frozenset({"region_code", "ip_region_code"}),
 }
-
-
-class UnknownList(RiskgateError):
-    """A watchlist name that lists.yaml does not declare."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,19 +90,13 @@ from redis.exceptions import AuthenticationError, InvalidResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.errors import RiskgateError
+from service.errors import Unsupported
 
 DEFAULT_CONNECT_TIMEOUT: Final = 0.5
 DEFAULT_STALE_AFTER: Final = 1.0
 # How long aclose() waits for the transport to report itself closed.
 _CLOSE_WAIT_SECONDS: Final = 1.0
 _NOT_ENOUGH_DATA: Final = object()
-
-
-class Unsupported(RiskgateError):
-    """The client's connection needs what the multiplexer does not do (see the module doc).
-
-    The caller keeps using the client's own connections."""
 
 
 def pack_command(args: Sequence[Any], encode_other: Callable[[Any], bytes] | None = None) -> bytes:

@@ -36,7 +36,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.errors import RiskgateError
+from service.errors import ScreenToolError
 from service.suggest import closest
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -319,10 +319,6 @@ def _submessage_problem(value: object, descriptor: Descriptor, path: str) -> str
 
 
 # --- the window -----------------------------------------------------------------------------
-
-
-class ScreenToolError(RiskgateError):
-    """The stream answered something the protocol does not allow."""
 
 
 class Window:

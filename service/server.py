@@ -56,7 +56,7 @@ from service.admin import RulesService, WatchlistsService
 from service.clock import Clock, SystemClock
 from service.decision import decide
 from service.domain import Decision, Outcome, ScreenRequest, local_time
-from service.errors import ConfigError, FieldProblem, RiskgateError, StoreUnavailable, ValidationError
+from service.errors import ConfigError, FieldProblem, InternalError, RiskgateError, StoreUnavailable, ValidationError
 from service.facts import facts, identifiers
 from service.lists import Watchlists
 from service.logs import Throttled
@@ -314,11 +314,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         return api.decision_to_proto(decision)
 
 
-class _Internal(RiskgateError):
-    pass
-
-
-_INTERNAL = _Internal("internal error; the decision was not made")
+_INTERNAL = InternalError("internal error; the decision was not made")
 
 
 @dataclass(frozen=True, slots=True)

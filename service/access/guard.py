@@ -46,7 +46,8 @@ from service.access.policy import (
     load_policy,
 )
 from service.access.tokens import NO_TOKENS, Tokens, load_tokens
-from service.errors import ConfigError, SourceError
+from service.api import status_of
+from service.errors import ConfigError, PermissionDenied, SourceError, Unauthenticated
 
 log = logging.getLogger("riskgate.access")
 _Req = TypeVar("_Req")
@@ -76,13 +77,6 @@ def current_principal() -> Principal:
     """The principal of the RPC being handled. Outside a guarded call (in-process tests of
     handlers), a local tool."""
     return _CURRENT.get() or LOCAL_TOOL
-
-
-class Denied(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, label: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.label = label  # the principal, for metrics and the audit trail
 
 
 def is_local_peer(peer: str) -> bool:
@@ -143,17 +137,15 @@ class Guard(grpc.aio.ServerInterceptor):
     # --- who is calling ------------------------------------------------------------------
 
     def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-        """The principal of a call, or Denied."""
+        """The principal of a call; Unauthenticated or PermissionDenied when there is none."""
         token = self._bearer(context.invocation_metadata() or ())
         if token is not None:
             name = self.tokens.verify(token)
             if name is None:
-                raise Denied(grpc.StatusCode.UNAUTHENTICATED, "the bearer token is not valid", "anonymous")
+                raise Unauthenticated("the bearer token is not valid", "anonymous")
             spec = self.policy.by_token(name)
             if spec is None:
-                raise Denied(
-                    grpc.StatusCode.PERMISSION_DENIED, f"token '{name}' holds no role in the policy", "unmatched"
-                )
+                raise PermissionDenied(f"token '{name}' holds no role in the policy", "unmatched")
             return self._principal(spec, f"token:{name}")
         auth = context.auth_context() or {}
         identities = [_text(v) for v in auth.get("x509_subject_alternative_name", ())]
@@ -161,8 +153,7 @@ class Guard(grpc.aio.ServerInterceptor):
         if identities:
             found = self.policy.by_certificate(identities)
             if found is None:
-                raise Denied(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                raise PermissionDenied(
                     f"the client certificate ({identities[0]}) matches no principal in the policy",
                     "unmatched",
                 )
@@ -174,13 +165,11 @@ class Guard(grpc.aio.ServerInterceptor):
             if spec is not None:
                 return self._principal(spec, f"local:{peer.split(':', 1)[0]}")
         if self.developer_default:
-            raise Denied(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise PermissionDenied(
                 "no access policy (RISKGATE_POLICY_FILE): only loopback and Unix-socket callers are served",
                 "anonymous",
             )
-        raise Denied(
-            grpc.StatusCode.UNAUTHENTICATED,
+        raise Unauthenticated(
             "credentials required: a client certificate or 'authorization: Bearer <token>'",
             "anonymous",
         )
@@ -200,35 +189,37 @@ class Guard(grpc.aio.ServerInterceptor):
         return Principal(spec.name, identity, spec.permissions)
 
     def admit(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
-        """The call's principal if it may call `method`, else Denied."""
+        """The call's principal if it may call `method`; else Unauthenticated or PermissionDenied."""
         principal = self.identify(context)
         if method in AUTHENTICATED_METHODS:
             return principal
         needed = METHOD_PERMISSIONS.get(method)
         if needed is None:
-            raise Denied(grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to any role", principal.name)
+            raise PermissionDenied(f"{method} is not open to any role", principal.name)
         if needed not in principal.permissions:
-            raise Denied(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise PermissionDenied(
                 f"principal '{principal.name}' lacks the permission '{needed}' this call needs",
                 principal.name,
             )
         return principal
 
-    async def _refuse(self, method: str, context: grpc.aio.ServicerContext[Any, Any], denied: Denied) -> NoReturn:
+    async def _refuse(
+        self, method: str, context: grpc.aio.ServicerContext[Any, Any], denied: Unauthenticated | PermissionDenied
+    ) -> NoReturn:
+        code = status_of(denied)
         if self._on_denied is not None:
-            self._on_denied(denied.label, denied.code.name)
+            self._on_denied(denied.label, code.name)
         if METHOD_PERMISSIONS.get(method) in _AUDITED_PERMISSIONS and self.audit is not None:
             await self.audit.record(
                 AuditEntry(
                     principal=denied.label,
                     identity=_peer_identity(context),
                     action="denied",
-                    result=denied.code.name,
+                    result=code.name,
                     detail=f"{method}: {denied}",
                 )
             )
-        await context.abort(denied.code, str(denied))
+        await context.abort(code, str(denied))
         raise AssertionError("abort returned")  # pragma: no cover - abort raises
 
     # --- the interceptor ---------------------------------------------------------------
@@ -261,7 +252,7 @@ class Guard(grpc.aio.ServerInterceptor):
         async def single(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
                 principal = guard.admit(method, context)
-            except Denied as denied:
+            except (Unauthenticated, PermissionDenied) as denied:
                 await guard._refuse(method, context, denied)
             token = _CURRENT.set(principal)
             try:
@@ -277,7 +268,7 @@ class Guard(grpc.aio.ServerInterceptor):
         async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             try:
                 principal = guard.admit(method, context)
-            except Denied as denied:
+            except (Unauthenticated, PermissionDenied) as denied:
                 await guard._refuse(method, context, denied)
             _CURRENT.set(principal)  # this generator's own context: nothing to reset
             result = inner(request, context)

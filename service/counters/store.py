@@ -109,9 +109,9 @@ from service.counters.kernels import DEFAULT_FUTURE_SKEW_SECONDS, ttl_seconds
 from service.counters.keys import KeyHasher, counter_tag, field_domain
 from service.counters.spec import Aggregate, Counter, CounterSpec, Key
 from service.domain import EventKind
-from service.errors import StoreUnavailable
+from service.errors import StoreUnavailable, Unsupported
 from service.facts import FIELDS, FieldType, Scalar
-from service.redis_mux import Multiplexer, Unsupported, pack_command
+from service.redis_mux import Multiplexer, pack_command
 
 TEMPLATE = (Path(__file__).parent / "lua" / "observe.lua").read_text(encoding="utf-8")
 _PROGRAMS_MARK = "--@programs\n"

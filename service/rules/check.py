@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from service.domain import EventKind
+from service.errors import NegatedPatternError, PatternError
 from service.facts import FIELDS, FieldType
 from service.rules import expr as ast
-from service.rules.logic import NegatedPatternError, nnf
+from service.rules.logic import nnf
 from service.rules.model import (
     And,
     Arith,
@@ -45,7 +46,7 @@ from service.rules.model import (
     TextCompare,
     TextIn,
 )
-from service.rules.patterns import PatternError, matches_pattern, startswith_pattern, text_problem
+from service.rules.patterns import matches_pattern, startswith_pattern, text_problem
 from service.suggest import suggest, suggest_value
 
 if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time

@@ -37,7 +37,7 @@ from decimal import Decimal
 from typing import TypeAlias
 
 from service.domain import EventKind
-from service.errors import RiskgateError, SourceError, SourceProblem
+from service.errors import CompileError, SourceError, SourceProblem
 from service.facts import FieldType
 from service.rules.logic import Conjunction, Test, cost_per_kind, dnf, guards_of, nnf
 from service.rules.model import (
@@ -72,14 +72,6 @@ _OPS = {
 }
 _ARITH = {"+": "$add", "-": "$sub", "*": "$mul", "/": "$div"}
 _RESERVED = ("sid", "id", "$s")
-
-
-class CompileError(RiskgateError):
-    """Two message names share durable's 32-bit name hash (which it would conflate)."""
-
-    def __init__(self, *keys: str) -> None:
-        super().__init__(f"message names {' and '.join(repr(k) for k in keys)} share a durable hash")
-        self.keys = keys
 
 
 # ----------------------------------------------------------------- names

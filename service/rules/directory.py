@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.counters.spec import CounterSpec, parse_counters
-from service.errors import SourceError, SourceProblem
+from service.errors import ContentChanged, SourceError, SourceProblem
 from service.lists import LISTS_FILE, ListSpec, load_lists
 from service.money import CNY_ONLY, ExchangeRates
 from service.rules.filters import CounterFilters, compile_filters
@@ -139,10 +139,6 @@ def stat_signature(directory: str | Path) -> tuple[tuple[str, int, int, int, int
             continue
         out.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
     return tuple(out)
-
-
-class ContentChanged(SourceError):
-    """A file changed between being read (and hashed) and being loaded: read the directory again."""
 
 
 def _load_lists(root: Path, expected: SourceText | None, problems: list[SourceProblem]) -> dict[str, ListSpec]:

@@ -32,14 +32,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TypeAlias
 
-from service.errors import RiskgateError
-
-
-class ConditionSyntaxError(RiskgateError):
-    def __init__(self, column: int, message: str) -> None:
-        super().__init__(f"syntax error at column {column}: {message}")
-        self.column = column
-        self.message = message
+from service.errors import ConditionSyntaxError
 
 
 class Tok(enum.Enum):

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from service.domain import EventKind
-from service.errors import EvaluationError, SourceError, SourceProblem
+from service.errors import ConditionSyntaxError, EvaluationError, SourceError, SourceProblem
 from service.facts import Scalar
 from service.rules import expr as ast
 from service.rules.check import check_condition
@@ -338,7 +338,7 @@ def compile_filters(spec: CounterSpec) -> CounterFilters:
         prefix = f"counter '{counter}': where: "
         try:
             tree = ast.parse_condition(condition.text)
-        except ast.ConditionSyntaxError as exc:
+        except ConditionSyntaxError as exc:
             problems.append(
                 SourceProblem(
                     condition.file, condition.line, f"{prefix}syntax error at column {exc.column}: {exc.message}"

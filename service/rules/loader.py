@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from service.decision import Appeal, Language
 from service.domain import EventKind, Outcome
-from service.errors import SourceError, SourceProblem
+from service.errors import ConditionSyntaxError, SourceError, SourceProblem, TemplateError
 from service.facts import FieldType
 from service.rules import expr as ast
 from service.rules.check import check_condition
@@ -47,7 +47,7 @@ from service.rules.model import (
     RuleSet,
     Template,
 )
-from service.rules.templates import AMOUNT, TemplateError, append_appeal, parse_template, render
+from service.rules.templates import AMOUNT, append_appeal, parse_template, render
 from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 from service.suggest import suggest
 
@@ -442,7 +442,7 @@ class _FileLoader:
             return None
         try:
             tree = ast.parse_condition(value)
-        except ast.ConditionSyntaxError as exc:
+        except ConditionSyntaxError as exc:
             line, column = node.text_line, exc.column
             if node.style == "|":
                 before = value[: exc.column - 1]

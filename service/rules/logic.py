@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from service.errors import RiskgateError
+from service.errors import NegatedPatternError
 from service.rules.model import (
     And,
     Arith,
@@ -41,10 +41,6 @@ from service.rules.model import (
     TextCompare,
     TextIn,
 )
-
-
-class NegatedPatternError(RiskgateError):
-    """`not` reached a startswith/matches test: durable_rules cannot negate a pattern."""
 
 
 def nnf(condition: Condition, negate: bool = False) -> Condition:

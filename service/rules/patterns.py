@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from service.errors import RiskgateError
+from service.errors import PatternError
 from service.rules.model import Pattern, PatternKind
 
 MAX_PATTERN_LENGTH = 200
@@ -32,10 +32,6 @@ MAX_GROUP_DEPTH = 4
 SPECIAL = frozenset(".%[](){}|*+?")
 _QUANTIFIERS = frozenset("*+?{")
 _SET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-
-
-class PatternError(RiskgateError):
-    """A pattern outside the supported subset; the message names the problem."""
 
 
 def text_problem(value: str) -> str | None:

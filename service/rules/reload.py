@@ -48,19 +48,12 @@ from typing import NamedTuple, TypeVar
 
 from service.counters.spec import CounterSpec
 from service.domain import EventKind, Reason
-from service.errors import EvaluationError, RiskgateError, SourceError
+from service.errors import ContentChanged, EvaluationError, RiskgateError, SourceError
 from service.facts import Scalar
 from service.lists import ListSpec
 from service.money import CNY_ONLY, ExchangeRates
 from service.rules.compiler import compile_ruleset
-from service.rules.directory import (
-    ContentChanged,
-    DirectoryTexts,
-    RulesDirectory,
-    load_texts,
-    read_directory,
-    stat_signature,
-)
+from service.rules.directory import DirectoryTexts, RulesDirectory, load_texts, read_directory, stat_signature
 from service.rules.engine import CompiledRuleset, ListHits, Live, build_ruleset
 from service.rules.filters import CounterFilters
 

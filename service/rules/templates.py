@@ -40,7 +40,7 @@ import re
 from collections.abc import Mapping
 
 from service.decision import Appeal, Language, appeal_separator
-from service.errors import RiskgateError
+from service.errors import TemplateError
 from service.rules.model import Placeholder, Template, format_value
 
 FORMATS = ("yuan", "money", "days", "days_ago")
@@ -55,10 +55,6 @@ _CURRENCY_ZH = {
 }  # fmt: skip
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 UNKNOWN = {"zh": "未知", "en": "unknown"}
-
-
-class TemplateError(RiskgateError):
-    pass
 
 
 def parse_template(source: str) -> Template:

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.counters.keys import KeyHasher
-from service.errors import InvalidValue, SourceError
-from service.lists import ListKind, UnknownList, Watchlists, load_lists
+from service.errors import InvalidValue, SourceError, UnknownList
+from service.lists import ListKind, Watchlists, load_lists
 from tests.conftest import REPO
 from tests.redis_dump import dump_everything
 from tests.samples import resident_id

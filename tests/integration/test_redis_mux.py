@@ -15,8 +15,9 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.errors import Unsupported
 from service.redis_embedded import EmbeddedRedis, RedisOptions
-from service.redis_mux import Multiplexer, Unsupported
+from service.redis_mux import Multiplexer
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,10 @@ from service.counters.keys import KeyHasher
 from service.counters.spec import CounterSpec, counters_to_update, parse_counters
 from service.counters.store import CounterPlan, CounterStore, DirectPipeline
 from service.domain import EventKind, ScreenRequest
-from service.errors import StoreUnavailable
+from service.errors import StoreUnavailable, Unsupported
 from service.facts import facts, identifiers
 from service.redis_embedded import EmbeddedRedis, RedisOptions
-from service.redis_mux import Multiplexer, Unsupported
+from service.redis_mux import Multiplexer
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, transfer, where
 

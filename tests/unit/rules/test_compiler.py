@@ -8,11 +8,10 @@ from typing import Any
 import pytest
 
 from service.domain import EventKind
-from service.errors import SourceError
+from service.errors import CompileError, SourceError
 from service.facts import FieldType
 from service.rules.compiler import (
     MAX_TESTS_PER_SHARD,
-    CompileError,
     _check_keys,
     compile_ruleset,
     durable_hash,

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from service.errors import PatternError
 from service.rules.patterns import (
-    PatternError,
     alternatives_pattern,
     durable_literal,
     matches_pattern,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from service.errors import TemplateError
 from service.rules.model import Placeholder, format_number, format_value
-from service.rules.templates import TemplateError, format_yuan, parse_template, render
+from service.rules.templates import format_yuan, parse_template, render
 
 
 def test_templates_parse_and_render() -> None:

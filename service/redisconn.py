@@ -65,7 +65,8 @@ def make_client(url: str, *, cluster: bool, socket_timeout: float = SOCKET_TIMEO
 def hasher_for(settings: Settings) -> KeyHasher:
     """The identifier hasher, with the secret created on first use of an embedded Redis."""
     path = settings.hash_secret_path()
-    secret = load_or_create(path) if settings.embedded_redis and not settings.hash_secret_file else read_secret(path)
+    created = settings.embedded_redis and settings.hash_secret_file is None
+    secret = load_or_create(path) if created else read_secret(path)
     return KeyHasher(secret)
 
 
@@ -80,7 +81,7 @@ async def tool_connection(settings: Settings) -> AsyncIterator[Any]:
     With the tools' socket timeout, not the server's: a tail waiting in XREAD
     for the next entry is not a stuck connection.
     """
-    if not settings.embedded_redis:
+    if settings.redis_url is not None:
         client = make_client(
             settings.redis_url, cluster=settings.redis_cluster, socket_timeout=TOOL_SOCKET_TIMEOUT_SECONDS
         )

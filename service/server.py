@@ -66,7 +66,7 @@ from service.redisconn import embedded_dir, hasher_for, make_client
 from service.riskdata import BoundRiskData, RiskDataConfig, RiskDataStore
 from service.rules.reload import ActiveRules, ReloadResult, RulesManager
 from service.screening import Screener
-from service.settings import Settings
+from service.settings import FailPolicy, Settings
 from service.synth import generate
 
 log = logging.getLogger("riskgate.server")
@@ -360,7 +360,7 @@ class Server:
         self.tls: CertificateFiles | None = None
         if settings.tls_cert is not None and settings.tls_key is not None:
             self.tls = CertificateFiles(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
-        fail_outcome = Outcome.BLOCK if settings.fail_policy == "block" else Outcome.WARN
+        fail_outcome = Outcome.BLOCK if settings.fail_policy is FailPolicy.BLOCK else Outcome.WARN
         self.screener = Screener(session=self._session, clock=self.clock, fail_outcome=fail_outcome)
         keepalive_ms = int(settings.keepalive_min_seconds * 1000)
         self._grpc = grpc.aio.server(
@@ -598,7 +598,7 @@ async def run(settings: Settings) -> None:
     unless one is configured."""
     embedded: EmbeddedRedis | None = None
     redis_url = settings.redis_url
-    if settings.embedded_redis:
+    if redis_url is None:
         embedded = EmbeddedRedis(embedded_dir(settings))
         embedded.start()  # on this (the main) thread: the child's parent-death signal follows it
         redis_url = embedded.url

@@ -8,12 +8,13 @@ default.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.errors import ConfigError
 from service.suggest import closest
@@ -71,8 +72,10 @@ def _optional_path(value: str, name: str) -> Path | None:
     return Path(value) if value.strip() else None
 
 
-def _redis_url(value: str, name: str) -> str:
-    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+def _redis_url(value: str, name: str) -> str | None:
+    if not value.strip():
+        return None  # the embedded redis-server
+    if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{name}={value!r}: expected a redis://, rediss:// or unix:// URL")
     return value
 
@@ -110,23 +113,47 @@ def _bool(value: str, name: str) -> bool:
     return lowered in ("true", "1", "yes")
 
 
-def _fail_policy(value: str, name: str) -> str:
-    if value not in ("warn", "block"):
-        raise ConfigError(f"{name}={value!r}: expected warn or block")
-    return value
+class FailPolicy(enum.StrEnum):
+    """What a screening answers when its risk data is unavailable."""
+
+    WARN = "warn"
+    BLOCK = "block"
 
 
-def _log_level(value: str, name: str) -> str:
-    level = value.upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ConfigError(f"{name}={value!r}: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
-    return level
+class LogLevel(enum.StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
 
 
-def _log_format(value: str, name: str) -> str:
-    if value not in ("json", "text"):
-        raise ConfigError(f"{name}={value!r}: expected json or text")
-    return value
+class LogFormat(enum.StrEnum):
+    JSON = "json"  # one object per line
+    TEXT = "text"  # for people
+
+
+E = TypeVar("E", bound=enum.StrEnum)
+
+
+def _choice(kind: type[E], value: str, name: str) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = [member.value for member in kind]
+        raise ConfigError(f"{name}={value!r}: expected {', '.join(choices[:-1])} or {choices[-1]}") from None
+
+
+def _fail_policy(value: str, name: str) -> FailPolicy:
+    return _choice(FailPolicy, value, name)
+
+
+def _log_level(value: str, name: str) -> LogLevel:
+    return _choice(LogLevel, value.upper(), name)
+
+
+def _log_format(value: str, name: str) -> LogFormat:
+    return _choice(LogFormat, value, name)
 
 
 def _path(value: str, name: str) -> Path:
@@ -261,7 +288,7 @@ SETTINGS: dict[str, SettingDoc] = {
     "hash_secret_file": SettingDoc(
         "RISKGATE_HASH_SECRET_FILE",
         "",
-        _text,
+        _optional_path,
         "File holding the hex secret that keys identifier hashing (HMAC-SHA256). Required with "
         "RISKGATE_REDIS_URL; unset with the embedded Redis: created as $RISKGATE_DATA_DIR/hash-secret.",
     ),
@@ -349,10 +376,10 @@ class Settings:
     policy_file: Path | None
     tokens_file: Path | None
     check_entry_per_minute: int
-    redis_url: str
+    redis_url: str | None  # None: the embedded redis-server
     redis_cluster: bool
     redis_budget_ms: float
-    fail_policy: str
+    fail_policy: FailPolicy
     idempotency_hours: float
     decision_log_maxlen: int
     decision_log_dedupe_hours: float
@@ -360,11 +387,11 @@ class Settings:
     rules_dir: Path
     rules_poll_seconds: float
     data_dir: Path
-    hash_secret_file: str
+    hash_secret_file: Path | None
     metrics_listen: str
     metrics_tls: bool
-    log_level: str
-    log_format: str
+    log_level: LogLevel
+    log_format: LogFormat
     grace_seconds: float
     drain_seconds: float
     max_concurrent_rpcs: int
@@ -377,12 +404,12 @@ class Settings:
 
     @property
     def embedded_redis(self) -> bool:
-        return not self.redis_url
+        return self.redis_url is None
 
     def hash_secret_path(self) -> Path:
         """Where the identifier-hashing secret is read from (and, embedded, created)."""
-        if self.hash_secret_file:
-            return Path(self.hash_secret_file)
+        if self.hash_secret_file is not None:
+            return self.hash_secret_file
         if not self.embedded_redis:
             raise ConfigError(
                 "RISKGATE_HASH_SECRET_FILE is required with RISKGATE_REDIS_URL: every replica sharing "

@@ -5,18 +5,21 @@ from pathlib import Path
 import pytest
 
 from service.errors import ConfigError
-from service.settings import SETTINGS, Settings, parse_address
+from service.settings import SETTINGS, FailPolicy, LogFormat, LogLevel, Settings, parse_address
 
 
 def test_defaults_are_the_documented_ones() -> None:
     settings = Settings.defaults()
     assert settings.listen == "127.0.0.1:50051"
-    assert settings.redis_url == ""
+    assert settings.redis_url is None
     assert settings.embedded_redis
+    assert settings.hash_secret_file is None
+    assert settings.fail_policy is FailPolicy.WARN
+    assert settings.log_format is LogFormat.JSON
     assert settings.rules_dir == Path("rules")
     assert settings.data_dir == Path("var")
     assert settings.metrics_listen == "127.0.0.1:9464"
-    assert settings.log_level == "INFO"
+    assert settings.log_level is LogLevel.INFO
     assert settings.grace_seconds == 5.0
 
 
@@ -37,9 +40,10 @@ def test_every_setting_reads_its_variable() -> None:
         }
     )
     assert settings.listen == "[::1]:6000"
-    assert not settings.embedded_redis
+    assert not settings.embedded_redis and settings.redis_url == "redis://10.0.0.5:6379/2"
     assert settings.metrics_listen == ""
-    assert settings.log_level == "DEBUG"
+    assert settings.log_level is LogLevel.DEBUG
+    assert settings.log_format is LogFormat.TEXT
     assert settings.grace_seconds == 2.5
     assert settings.max_event_age_seconds == 3600
 

@@ -9,7 +9,7 @@ GEN    := service/_gen
 PROTOS := $(wildcard proto/riskgate/v1/*.proto)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest rules-check bench setup protos redis clean distclean
+.PHONY: run test lint typecheck pytest bench setup protos redis clean distclean
 
 run: setup
 	$(BIN)/riskgate serve

@@ -56,6 +56,8 @@ from service.rules.model import (
     Text,
     TextCompare,
     TextIn,
+    atoms,
+    operands,
 )
 
 EVENT_KEY = field_key("event")
@@ -222,35 +224,26 @@ def _reads(condition: Condition) -> tuple[set[str], set[str], set[tuple[str, str
     checks: set[tuple[str, str]] = set()
 
     def num(expr: NumExpr) -> None:
-        if isinstance(expr, FieldRef):
-            fields.add(expr.name)
-        elif isinstance(expr, CounterRef):
-            counters.add(expr.name)
-        elif isinstance(expr, Arith):
-            num(expr.left)
-            num(expr.right)
+        for leaf in operands(expr):
+            if isinstance(leaf, FieldRef):
+                fields.add(leaf.name)
+            elif isinstance(leaf, CounterRef):
+                counters.add(leaf.name)
 
-    def walk(c: Condition) -> None:
-        if isinstance(c, And | Or):
-            for item in c.items:
-                walk(item)
-        elif isinstance(c, Not):
-            walk(c.item)
-        elif isinstance(c, NumCompare):
-            num(c.left)
-            num(c.right)
-        elif isinstance(c, TextCompare):
-            fields.add(c.left.name)
-            if isinstance(c.right, FieldRef):
-                fields.add(c.right.name)
-        elif isinstance(c, Flag):
-            fields.add(c.field.name)
-        elif isinstance(c, NumIn | TextIn):
-            num(c.ref)
-        elif isinstance(c, ListIn):
-            checks.add((c.list_name, c.ref.name))
-        elif isinstance(c, Match):
-            fields.add(c.ref.name)
-
-    walk(condition)
+    for atom in atoms(condition):
+        if isinstance(atom, NumCompare):
+            num(atom.left)
+            num(atom.right)
+        elif isinstance(atom, TextCompare):
+            fields.add(atom.left.name)
+            if isinstance(atom.right, FieldRef):
+                fields.add(atom.right.name)
+        elif isinstance(atom, Flag):
+            fields.add(atom.field.name)
+        elif isinstance(atom, NumIn | TextIn):
+            num(atom.ref)
+        elif isinstance(atom, ListIn):
+            checks.add((atom.list_name, atom.ref.name))
+        elif isinstance(atom, Match):
+            fields.add(atom.ref.name)
     return fields, counters, checks

@@ -45,6 +45,8 @@ from service.rules.model import (
     Text,
     TextCompare,
     TextIn,
+    atoms,
+    operands,
 )
 from service.rules.patterns import matches_pattern, startswith_pattern, text_problem
 from service.suggest import suggest, suggest_value
@@ -555,30 +557,18 @@ def collect_reads(condition: Condition) -> tuple[Read, ...]:
         if read not in out:
             out.append(read)
 
-    def value(e: NumExpr | Text | FieldRef) -> None:
-        if isinstance(e, FieldRef | CounterRef):
-            add(e)
-        elif isinstance(e, Arith):
-            value(e.left)
-            value(e.right)
-
-    def walk(c: Condition) -> None:
-        if isinstance(c, And | Or):
-            for item in c.items:
-                walk(item)
-        elif isinstance(c, Not):
-            walk(c.item)
-        elif isinstance(c, NumCompare | TextCompare):
-            add(c.left)
-            value(c.right)
-        elif isinstance(c, Flag):
-            add(c.field)
-        elif isinstance(c, NumIn | TextIn | Match):
-            add(c.ref)
+    for atom in atoms(condition):
+        if isinstance(atom, NumCompare | TextCompare):
+            add(atom.left)
+            for leaf in operands(atom.right):
+                if isinstance(leaf, FieldRef | CounterRef):
+                    add(leaf)
+        elif isinstance(atom, Flag):
+            add(atom.field)
+        elif isinstance(atom, NumIn | TextIn | Match):
+            add(atom.ref)
         else:
-            add(c.check)
-
-    walk(condition)
+            add(atom.check)
     return tuple(out)
 
 

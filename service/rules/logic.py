@@ -22,7 +22,6 @@ from typing import TypeAlias
 from service.errors import NegatedPatternError
 from service.rules.model import (
     And,
-    Arith,
     Atom,
     CmpOp,
     Condition,
@@ -40,6 +39,7 @@ from service.rules.model import (
     Text,
     TextCompare,
     TextIn,
+    operands,
 )
 
 
@@ -85,16 +85,9 @@ Conjunction: TypeAlias = tuple[Test, ...]
 def refs_of(expr: NumExpr | Text | FieldRef) -> list[FieldRef | CounterRef]:
     """The fields and counters an expression reads, in order, without duplicates."""
     out: list[FieldRef | CounterRef] = []
-
-    def walk(e: NumExpr | Text) -> None:
-        if isinstance(e, FieldRef | CounterRef):
-            if e not in out:
-                out.append(e)
-        elif isinstance(e, Arith):
-            walk(e.left)
-            walk(e.right)
-
-    walk(expr)
+    for leaf in operands(expr):
+        if isinstance(leaf, FieldRef | CounterRef) and leaf not in out:
+            out.append(leaf)
     return out
 
 

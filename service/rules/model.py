@@ -8,7 +8,7 @@ and each comparison has a single field or counter on its left.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, TypeAlias
@@ -242,6 +242,28 @@ class Or:
 
 Atom: TypeAlias = NumCompare | TextCompare | Flag | NumIn | TextIn | ListIn | Match
 Condition: TypeAlias = NumCompare | TextCompare | Flag | NumIn | TextIn | ListIn | Match | Not | And | Or
+
+
+def atoms(condition: Condition) -> Iterator[Atom]:
+    """The primitive tests of a condition, left to right, through and / or / not: the one walk
+    of the tree that checking, evidence, benchmarks and tests share."""
+    if isinstance(condition, And | Or):
+        for item in condition.items:
+            yield from atoms(item)
+    elif isinstance(condition, Not):
+        yield from atoms(condition.item)
+    else:
+        yield condition
+
+
+def operands(expr: NumExpr | Text | FieldRef) -> Iterator[FieldRef | CounterRef | Number | Text]:
+    """The leaves of a value expression (`0.8 * inflow_fen_30m`: 0.8, inflow_fen_30m), left to right."""
+    if isinstance(expr, Arith):
+        yield from operands(expr.left)
+        yield from operands(expr.right)
+    else:
+        yield expr
+
 
 # A value a rule reads, shown as evidence: a field, a counter or a list lookup.
 Read: TypeAlias = FieldRef | CounterRef | ListCheck

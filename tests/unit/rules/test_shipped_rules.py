@@ -19,16 +19,13 @@ from service.facts import FIELDS, FieldType, Scalar
 from service.rules.commands import run_check, run_test
 from service.rules.directory import RulesDirectory, load_directory
 from service.rules.model import (
-    And,
-    Arith,
     Condition,
-    Not,
     Number,
     NumCompare,
-    NumExpr,
     NumIn,
-    Or,
     Rule,
+    atoms,
+    operands,
 )
 from service.rules.reload import ActiveRules, build
 from tests.reference_evaluator import fired_rules
@@ -110,26 +107,11 @@ def test_non_local_is_never_a_refusal(shipped: tuple[RulesDirectory, ActiveRules
 
 def _constants(condition: Condition) -> set[float]:
     out: set[float] = set()
-
-    def value(expr: NumExpr) -> None:
-        if isinstance(expr, Number):
-            out.add(expr.value)
-        elif isinstance(expr, Arith):
-            value(expr.left)
-            value(expr.right)
-
-    def walk(c: Condition) -> None:
-        if isinstance(c, And | Or):
-            for item in c.items:
-                walk(item)
-        elif isinstance(c, Not):
-            walk(c.item)
-        elif isinstance(c, NumCompare):
-            value(c.right)
-        elif isinstance(c, NumIn):
-            out.update(c.values)
-
-    walk(condition)
+    for atom in atoms(condition):
+        if isinstance(atom, NumCompare):
+            out.update(leaf.value for leaf in operands(atom.right) if isinstance(leaf, Number))
+        elif isinstance(atom, NumIn):
+            out.update(atom.values)
     return out
 
 

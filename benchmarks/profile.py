@@ -64,7 +64,10 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("redis-py (client, pipeline, socket I/O)", ("(redis/",)),
     ("rules (our adapter + durable_rules)", ("(service/rules/",)),
     ("validation + facts", ("(service/validate.py", "(service/facts.py", "(service/domain.py")),
-    ("counters + lists (plan, hash, pack, direct pipeline I/O, parse)", ("(service/counters/", "(service/lists.py")),
+    (
+        "counters + lists (plan, hash, pack, direct pipeline I/O, parse)",
+        ("(service/counters/", "(service/lists.py", "(service/watchlists.py"),
+    ),
     ("decision log (entry, encoding)", ("(service/decisions.py",)),
     ("protobuf (response building)", ("(service/api.py", "google/protobuf")),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
@@ -77,7 +80,7 @@ GRPC = "gRPC (grpc.aio Cython, protobuf parse/serialise) + asyncio loop"
 # `asyncio.wait_for` runs its awaitable in a new task, whose samples start at the loop, not at the step
 # that awaited it: Redis work seen only that way is a step of its own.
 DETACHED_REDIS = "risk data: Redis I/O whose step the stack does not show"
-_REDIS_CODE = ("(redis/", "(service/counters/", "(service/lists.py")
+_REDIS_CODE = ("(redis/", "(service/counters/", "(service/watchlists.py")
 _LINE = re.compile(r":\d+\)$")
 
 

@@ -26,8 +26,8 @@ from service.access.limits import CheckEntryLimit
 from service.api import abort_invalid, status_of
 from service.clock import Clock
 from service.errors import InvalidValue, RateLimited, RiskgateError, StoreUnavailable, UnknownList
-from service.lists import Entry, Watchlists
 from service.validate import parse_timestamp
+from service.watchlists import Entry, Watchlists
 
 log = logging.getLogger("riskgate.admin")
 

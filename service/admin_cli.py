@@ -25,9 +25,10 @@ from service.clock import SystemClock
 from service.decisions import LOG_STREAM, entry_document
 from service.domain import CHINA_TZ
 from service.errors import ConfigError, InvalidValue, SourceError, UnknownList
-from service.lists import LISTS_FILE, Entry, Watchlists, load_lists
+from service.lists import LISTS_FILE, load_lists
 from service.redisconn import hasher_for, tool_connection
 from service.settings import Settings
+from service.watchlists import Entry, Watchlists
 
 IMPORT_BATCH = 1000
 SHOWN_REJECTIONS = 50

@@ -62,9 +62,10 @@ from service.decisions import LOG_STREAM, decode_record, encode_record, fingerpr
 from service.domain import Decision, Outcome, ScreenRequest
 from service.errors import InFlight, RequestIdReused, StoreUnavailable
 from service.facts import Scalar
-from service.lists import ListSpec, Watchlists
+from service.lists import ListSpec
 from service.logs import Throttled
 from service.screening import Observation
+from service.watchlists import Watchlists
 
 log = logging.getLogger("riskgate.riskdata")
 

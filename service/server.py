@@ -58,7 +58,6 @@ from service.decision import decide
 from service.domain import Decision, Outcome, ScreenRequest, local_time
 from service.errors import ConfigError, FieldProblem, InternalError, RiskgateError, StoreUnavailable, ValidationError
 from service.facts import facts, identifiers
-from service.lists import Watchlists
 from service.logs import Throttled
 from service.metrics import Metrics
 from service.redis_embedded import EmbeddedRedis
@@ -68,6 +67,7 @@ from service.rules.reload import ActiveRules, ReloadResult, RulesManager
 from service.screening import Screener
 from service.settings import FailPolicy, Settings
 from service.synth import generate
+from service.watchlists import Watchlists
 
 log = logging.getLogger("riskgate.server")
 

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 from service.admin_cli import export_decisions, import_list, parse_expiry
 from service.counters.keys import KeyHasher
 from service.errors import InvalidValue
-from service.lists import Watchlists, load_lists
+from service.lists import load_lists
+from service.watchlists import Watchlists
 from tests.conftest import REPO
 from tests.samples import resident_id
 

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak,first,access] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak,first,access,identity] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
@@ -14,7 +14,10 @@
 6. first request (`benchmarks.first_request`): the first screening of each kind after SERVING
    against the tenth, over 5 fresh starts (target: as fast);
 7. access control alone (`benchmarks.access_bench`): `Guard.admit` per call by local caller,
-   token and certificate, against validating one transfer.
+   token and certificate, against validating one transfer;
+8. identity (`benchmarks.identity compare --base HEAD`): the working tree's decisions on a 6,000-event
+   synth stream against those of the last commit (a temporary git worktree), field by field but for
+   decision_id, decided_at and evaluation_time; fails on any difference or degraded decision.
 
 Loopback only; bounded (about 25 minutes on a 2-core machine, of which the soak about 16 at
 ~1,050 screenings/s; `--quick` about 5.5, the soak 150,000 screenings). Every result
@@ -37,10 +40,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import access_bench, e2e, fairness, first_request, rules_bench, soak
+from benchmarks import access_bench, e2e, fairness, first_request, identity, rules_bench, soak
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
-PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first", "access")
+PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first", "access", "identity")
 _COUNTERS_TIMEOUT = 240
 
 
@@ -88,6 +91,10 @@ def run_access(quick: bool) -> Json:
     return access_bench.run_part(quick)
 
 
+def run_identity(quick: bool) -> Json:
+    return identity.run_part(quick)
+
+
 RUNNERS: dict[str, Callable[[bool], Json]] = {
     "e2e": run_e2e,
     "rules": run_rules,
@@ -96,6 +103,7 @@ RUNNERS: dict[str, Callable[[bool], Json]] = {
     "soak": run_soak,
     "first": run_first,
     "access": run_access,
+    "identity": run_identity,
 }
 
 

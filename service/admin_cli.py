@@ -13,8 +13,9 @@ import csv
 import dataclasses
 import json
 import os
+import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -227,12 +228,27 @@ async def export_stream(client: Any, key: str, out: TextIO, since: str, until: s
         start = "(" + batch[-1][0].decode()
 
 
-async def tail_stream(client: Any, key: str, *, from_start: bool, count: int | None, document: Document) -> None:
+async def tail_stream(
+    client: Any,
+    key: str,
+    *,
+    from_start: bool,
+    count: int | None,
+    document: Document,
+    stop: asyncio.Event | None = None,
+) -> None:
     """Print a stream's entries as JSON Lines as they are appended (from the oldest with
-    `from_start`), until `count` were printed or forever."""
-    last = "0-0" if from_start else "$"
+    `from_start`), until `count` were printed, `stop` is set, or forever.
+
+    Without `from_start` the tail starts after the newest entry there is when it starts, read
+    once: waiting from `$` again after each quiet second would skip an entry appended between
+    two waits."""
+    last = "0-0"
+    if not from_start:
+        newest = await client.xrevrange(key, count=1)
+        last = newest[0][0].decode() if newest else "0-0"
     shown = 0
-    while count is None or shown < count:
+    while (count is None or shown < count) and not (stop is not None and stop.is_set()):
         reply = await client.xread({key: last}, block=1000, count=100)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
@@ -241,6 +257,32 @@ async def tail_stream(client: Any, key: str, *, from_start: bool, count: int | N
                 shown += 1
                 if count is not None and shown >= count:
                     return
+
+
+def run_tail(tail: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    """Run a tail until it ends or Ctrl-C (exit 0). SIGINT sets the tail's `stop` and cancels
+    its wait, so a Ctrl-C that lands while a line is printed, or that a Redis call swallows,
+    still ends it (within the second a wait lasts, at worst)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(tail(stop))
+
+        def interrupt() -> None:
+            stop.set()
+            task.cancel()
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+    return 0
 
 
 async def export_decisions(client: Any, key: str, out: TextIO, since: str, until: str) -> int:
@@ -272,14 +314,14 @@ def _decisions_export(args: argparse.Namespace) -> int:
 def _decisions_tail(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
 
-    async def run() -> None:
+    async def run(stop: asyncio.Event) -> None:
         async with tool_connection(settings) as client:
             key = f"{hasher_for(settings).prefix}:log:{LOG_STREAM}"
-            await tail_stream(client, key, from_start=args.from_start, count=args.count, document=entry_document)
+            await tail_stream(
+                client, key, from_start=args.from_start, count=args.count, document=entry_document, stop=stop
+            )
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
-        asyncio.run(run())
-    return 0
+    return run_tail(run)  # Ctrl-C is how a tail ends
 
 
 def add_admin_commands(commands: Any) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from typing import Any, TextIO
 from service.access.audit import audit_key
 from service.access.policy import PERMISSIONS, parse_policy
 from service.access.tokens import TOKEN_NAME, new_token, parse_tokens
-from service.admin_cli import export_stream, stream_id, tail_stream
+from service.admin_cli import export_stream, run_tail, stream_id, tail_stream
 from service.errors import InvalidValue, SourceProblem
 from service.redisconn import hasher_for, tool_connection
 from service.settings import Settings
@@ -118,14 +117,12 @@ def _audit_export(args: argparse.Namespace) -> int:
 def _audit_tail(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
 
-    async def run() -> None:
+    async def run(stop: asyncio.Event) -> None:
         async with tool_connection(settings) as client:
             key = audit_key(hasher_for(settings).prefix)
-            await tail_stream(client, key, from_start=args.from_start, count=args.count, document=_document)
+            await tail_stream(client, key, from_start=args.from_start, count=args.count, document=_document, stop=stop)
 
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a tail ends
-        asyncio.run(run())
-    return 0
+    return run_tail(run)  # Ctrl-C is how a tail ends
 
 
 def add_access_commands(commands: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.admin_cli import export_decisions, import_list, parse_expiry
+from service.admin_cli import export_decisions, import_list, parse_expiry, tail_stream
 from service.counters.keys import KeyHasher
 from service.errors import InvalidValue
 from service.lists import load_lists
@@ -83,3 +84,39 @@ async def test_export_writes_json_lines_across_batches(redis_url: str) -> None:
     assert documents[0]["decision_id"] == "d0"
     assert documents[-1]["decision_id"] == "d2499"
     assert documents[0]["rules"] == ["A", "~B"]
+
+
+class _AppendsWhenStarted:
+    """The real client, appending one entry to `key` the moment the tail has found where to start:
+    the entry lands before the tail's first wait, where a tail that waited from `$` missed it."""
+
+    def __init__(self, client: aioredis.Redis, key: str) -> None:
+        self._client, self._key = client, key
+
+    async def xrevrange(self, key: str, count: int) -> object:
+        newest = await self._client.xrevrange(key, count=count)
+        await self._client.xadd(self._key, {"decision_id": "d-gap"})
+        return newest
+
+    async def xread(self, streams: dict[str, str], block: int, count: int) -> object:
+        return await self._client.xread(streams, block=block, count=count)  # type: ignore[arg-type]
+
+
+async def test_a_tail_shows_an_entry_appended_between_its_start_and_its_first_wait(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    key = "rg:test:tail-gap"
+    try:
+        await client.delete(key)
+        await client.xadd(key, {"decision_id": "d-before"})  # there before the tail: not shown
+        tail = tail_stream(
+            _AppendsWhenStarted(client, key), key, from_start=False, count=1, document=lambda i, f: {"id": i}
+        )
+        await asyncio.wait_for(tail, timeout=5)
+        (line,) = capsys.readouterr().out.splitlines()
+        newest: list[tuple[bytes, object]] = await client.xrevrange(key, count=1)  # type: ignore[assignment]
+        assert json.loads(line) == {"id": newest[0][0].decode()}
+    finally:
+        await client.delete(key)
+        await client.aclose()

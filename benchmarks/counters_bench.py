@@ -4,7 +4,7 @@
                                         [--population 100000] [--gap 1] [--against REV]
                                         [--json [PATH|-]]
 
-Starts its own redis-server (`service.redis_embedded`, no persistence, loopback TCP or `--unix`
+Starts its own redis-server (`service.redis.embedded`, no persistence, loopback TCP or `--unix`
 socket), loads the shipped `rules/counters.yaml`, and replays a seeded stream of transfers (the
 dominant event kind: four entities, twelve counter values) over a population of 100k accounts
 and 50 busy ones, about a second apart: most entities are new or seen minutes ago. `--population
@@ -58,12 +58,12 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.counters.keys import KeyHasher
-from service.counters.spec import CounterSpec, Filter, counters_to_update, load_counters
-from service.counters.store import CounterStore
 from service.domain import EventKind
-from service.facts import Scalar
-from service.redis_embedded import EmbeddedRedis, RedisOptions
+from service.pipeline.facts import Scalar
+from service.redis.embedded import EmbeddedRedis, RedisOptions
+from service.redis.keys import KeyHasher
+from service.riskdata.counters.spec import CounterSpec, Filter, counters_to_update, load_counters
+from service.riskdata.counters.store import CounterStore
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = bytes(range(32))
@@ -255,7 +255,7 @@ def _versions(sync: redis.Redis) -> dict[str, str]:
 
 async def bench(args: argparse.Namespace, url: str) -> dict[str, Any]:
     spec = load_counters(REPO / "rules" / "counters.yaml")
-    # as service.redisconn builds it: no retries, a socket timeout
+    # as service.redis.connection builds it: no retries, a socket timeout
     client = redis.asyncio.Redis.from_url(url, retry=Retry(NoBackoff(), 0), health_check_interval=0, socket_timeout=1.0)
     sync = redis.Redis.from_url(url)
     store = CounterStore(client, spec, KeyHasher(SECRET))
@@ -366,7 +366,7 @@ def _load_revision(revision: str, tmp: Path) -> Any:
             path.parent.mkdir(parents=True, exist_ok=True)
             content = data.read()
             if path.suffix == ".py":
-                content = content.replace(b"service.counters.", name.encode() + b".")
+                content = content.replace(b"service.riskdata.counters.", name.encode() + b".")
             path.write_bytes(content)
     sys.path.insert(0, str(tmp))
     package = importlib.import_module(name)

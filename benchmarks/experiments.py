@@ -11,8 +11,8 @@ throughput and server CPU per screening (with the collector's share, measured in
 Patches:
 
 * ``held-connections``: the risk data's round trips on connections held from redis-py's pool, one
-  per concurrent request (`_Held` in `service.counters.store`, what a TLS client still uses),
-  instead of the multiplexed connection of `service.redis_mux`: measures that change.
+  per concurrent request (`_Held` in `service.riskdata.counters.store`, what a TLS client still uses),
+  instead of the multiplexed connection of `service.redis.mux`: measures that change.
 * ``separate-claim``: the request-id claim as a round trip of its own before the counters' (as on
   Redis Cluster, and on a single Redis before it was folded into the counter script).
 * ``record-batched``: the record round trip (idempotency record, decision log) taken off the
@@ -51,7 +51,7 @@ def patch_gc(threshold: int | None = None) -> None:
     generation-0 threshold (fewer collections, each of more young objects)."""
     import gc
 
-    from service import server
+    from service.server import app as server
 
     original = server.Server.start
 
@@ -68,14 +68,14 @@ def patch_gc(threshold: int | None = None) -> None:
 def patch_separate_claim() -> None:
     """The request-id claim as a round trip of its own before the counters', as before the claim
     was folded into the counter script (and as on Redis Cluster): measures that change."""
-    from service.counters.store import CounterStore
+    from service.riskdata.counters.store import CounterStore
 
     CounterStore.folds_claim = property(lambda self: False)  # type: ignore[method-assign,assignment]
 
 
 def patch_held_connections() -> None:
     """The counter store's exchanges on held redis-py connections instead of the multiplexer."""
-    from service import redis_mux
+    from service.redis import mux as redis_mux
 
     def unsupported(cls: Any, client: Any) -> Any:
         raise Unsupported("the held-connections experiment")
@@ -89,13 +89,13 @@ def patch_record_batched() -> None:
     started by the first record of a loop iteration sends everything queued meanwhile in ONE round
     trip. The answer no longer waits for the write; a retry arriving before it finds the pending
     claim and waits for the decision, as it does today."""
-    from service import riskdata as riskdata_module
-    from service.decisions import encode_decision, log_entry
     from service.domain import Decision, Outcome, ScreenRequest
     from service.errors import StoreUnavailable
+    from service.riskdata import store as riskdata_module
+    from service.riskdata.records import encode_decision, log_entry
 
     riskdata: Any = riskdata_module
-    from service.decision_log import LogEntry
+    from service.riskdata.decision_log import LogEntry
 
     queue: list[tuple[Any, Any, list[LogEntry]]] = []  # (bound risk data, queue-into-pipe, entries)
     scheduled = [False]
@@ -212,7 +212,7 @@ def serve(patch: str, gc_stats: str | None = None) -> int:
         "record-batched": patch_record_batched,
     }
     patches[patch]()
-    from service.cli import main
+    from service.tools.cli import main
 
     return main(["serve"])
 

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.common import Json, median, rounded
 from benchmarks.servers import SCREEN_METHOD, ScreeningStack
-from service.synth import generate
+from service.synth.stream import generate
 
 
 @dataclass(frozen=True)

@@ -48,39 +48,44 @@ from benchmarks.traffic import PoolSlice, repeats_needed, write_pool
 # (step, markers): a sample belongs to the first step, in this order, that one of its frames names.
 # The steps do not call each other, so the order only matters for the catch-alls at the end.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("validation", ("(service/validate.py", "_validator.<locals>")),
-    ("facts", ("(service/facts.py",)),
+    ("validation", ("(service/pipeline/validate.py", "_validator.<locals>")),
+    ("facts", ("(service/pipeline/facts.py",)),
     ("rules", ("(service/rules/",)),
     ("metrics", ("prometheus_client/",)),
-    ("response (domain -> protobuf)", ("(service/api.py",)),
-    ("decide", ("(service/decision.py",)),
+    ("response (domain -> protobuf)", ("(service/pipeline/api.py",)),
+    ("decide", ("(service/pipeline/outcome.py",)),
     ("risk data: claim request_id (EVAL)", ("RiskDataStore.claim", "BoundRiskData._claim")),
     ("risk data: counters + lists round trip", ("BoundRiskData._read", "CounterStore.prepare", "Watchlists.plan")),
-    ("decision log + idempotency write", ("BoundRiskData.record", "(service/decisions.py", "DecisionLog.queue")),
+    ("decision log + idempotency write", ("BoundRiskData.record", "(service/riskdata/records.py", "DecisionLog.queue")),
     ("risk data: other (hashing keys, budget)", ("BoundRiskData.observe", "RiskDataStore.", "counters_to_update")),
-    ("screening glue", ("(service/screening.py", "(service/server.py")),
+    ("screening glue", ("(service/pipeline/screening.py", "(service/server/app.py")),
 )
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("redis-py (client, pipeline, socket I/O)", ("(redis/",)),
     ("rules (our adapter + durable_rules)", ("(service/rules/",)),
-    ("validation + facts", ("(service/validate.py", "(service/facts.py", "(service/domain.py")),
+    ("validation + facts", ("(service/pipeline/validate.py", "(service/pipeline/facts.py", "(service/domain.py")),
     (
         "counters + lists (plan, hash, pack, direct pipeline I/O, parse)",
-        ("(service/counters/", "(service/lists.py", "(service/watchlists.py"),
+        ("(service/riskdata/counters/", "(service/riskdata/lists.py", "(service/riskdata/watchlists.py"),
     ),
-    ("decision log (entry, encoding)", ("(service/decisions.py",)),
-    ("protobuf (response building)", ("(service/api.py", "google/protobuf")),
+    ("decision log (entry, encoding)", ("(service/riskdata/records.py",)),
+    ("protobuf (response building)", ("(service/pipeline/api.py", "google/protobuf")),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     (
         "our pipeline (screening, risk data, server)",
-        ("(service/screening.py", "(service/riskdata.py", "(service/server.py", "(service/decision.py"),
+        (
+            "(service/pipeline/screening.py",
+            "(service/riskdata/store.py",
+            "(service/server/app.py",
+            "(service/pipeline/outcome.py",
+        ),
     ),
 )
 GRPC = "gRPC (grpc.aio Cython, protobuf parse/serialise) + asyncio loop"
 # `asyncio.wait_for` runs its awaitable in a new task, whose samples start at the loop, not at the step
 # that awaited it: Redis work seen only that way is a step of its own.
 DETACHED_REDIS = "risk data: Redis I/O whose step the stack does not show"
-_REDIS_CODE = ("(redis/", "(service/counters/", "(service/watchlists.py")
+_REDIS_CODE = ("(redis/", "(service/riskdata/counters/", "(service/riskdata/watchlists.py")
 _LINE = re.compile(r":\d+\)$")
 
 

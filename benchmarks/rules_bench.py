@@ -2,8 +2,8 @@
 
     python -m benchmarks.rules_bench [--events 5000] [--repeats 5]
 
-Events are `riskgate synth` requests, validated (`service.validate`) and turned into facts
-(`service.facts`), with counter values and watchlist hits supplied: for each event, every counter
+Events are `riskgate synth` requests, validated (`service.pipeline.validate`) and turned into facts
+(`service.pipeline.facts`), with counter values and watchlist hits supplied: for each event, every counter
 the rules read for its kind gets a seeded value with a long tail (so thresholds are crossed now and
 then, as in traffic with fraud in it), and 2 % of the list look-ups hit. Both engines get exactly
 the same inputs, prepared before timing.
@@ -36,10 +36,10 @@ from typing import Any
 from benchmarks.common import REPO, Json, median, package_version
 from benchmarks.traffic import read_requests, write_pool
 from service.domain import EventKind
-from service.facts import Scalar, facts
+from service.pipeline.facts import Scalar, facts
+from service.pipeline.validate import screen_request
 from service.rules.engine import CompiledRuleset
 from service.rules.reload import ActiveRules, RulesManager
-from service.validate import screen_request
 
 Inputs = tuple[dict[str, Scalar], dict[str, int | float], dict[tuple[str, str], bool]]
 

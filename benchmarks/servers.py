@@ -32,7 +32,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.common import REPO
-from service.redis_embedded import EmbeddedRedis, RedisOptions, free_port
+from service.redis.embedded import EmbeddedRedis, RedisOptions, free_port
 
 SCREEN_METHOD = "/riskgate.v1.Screening/Screen"
 STREAM_METHOD = "/riskgate.v1.Screening/ScreenStream"
@@ -177,7 +177,7 @@ class ScreeningStack:
             RISKGATE_GRACE_SECONDS="2",
         )
         env.update(self.extra_env)
-        argv = self.server_argv or [sys.executable, "-m", "service.cli", "serve"]
+        argv = self.server_argv or [sys.executable, "-m", "service.tools.cli", "serve"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         try:

@@ -1,6 +1,6 @@
 """Realistic requests for the load generators: a `riskgate synth` stream, serialised once, sliced per client.
 
-`write_pool` generates a seeded stream (`service.synth.generate`: a day ending a minute ago, so
+`write_pool` generates a seeded stream (`service.synth.stream.generate`: a day ending a minute ago, so
 every `occurred_at` passes validation for the next 23 hours) and writes the serialised
 `ScreenRequest`s to a file. `PoolSlice` is the request factory the load generators call in each
 client process (`benchmarks.loadgen.LoadSpec.request_factory`): client *i* of *n* takes every
@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
-from service.synth import generate
+from service.synth.stream import generate
 
 _LENGTH = struct.Struct("<I")
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from service.domain import EventKind
-from service.facts import Scalar
+from service.pipeline.facts import Scalar
 from service.rules.compiler import counter_key, field_key, list_key
 from service.rules.logic import nnf
 from service.rules.model import (

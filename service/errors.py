@@ -24,7 +24,7 @@ class FieldProblem:
 class InvalidValue(RiskgateError, ValueError):
     """One field value is invalid; `problem` says why, without repeating the value.
 
-    Raised by the single-field parsers in `service.validate`; `screen_request`
+    Raised by the single-field parsers in `service.pipeline.validate`; `screen_request`
     collects these into one ValidationError with field paths.
     """
 

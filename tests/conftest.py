@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.redis_embedded import EmbeddedRedis, RedisOptions, find_redis_server
+from service.redis.embedded import EmbeddedRedis, RedisOptions, find_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 
 from service.domain import EventKind
-from service.facts import Scalar
+from service.pipeline.facts import Scalar
 from service.rules.model import (
     And,
     Arith,

@@ -8,7 +8,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.domain import CHINA_TZ
-from service.validate import resident_id_check_character
+from service.pipeline.validate import resident_id_check_character
 
 
 def resident_id(region: str = "310104", birth: date = date(1990, 3, 7), sequence: int = 123) -> str:

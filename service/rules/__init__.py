@@ -6,8 +6,8 @@ Rule files
 A rules directory holds rule files, named `*.rules.yaml` (found recursively,
 hidden files skipped, read in order of their relative path), their test
 cases, `*.cases.yaml`, the velocity counters rules read (`counters.yaml`,
-service.counters.spec) and the watchlists they look up (`lists.yaml`,
-service.lists). All rule files of a directory form one ruleset, checked
+service.riskdata.counters.spec) and the watchlists they look up (`lists.yaml`,
+service.riskdata.lists). All rule files of a directory form one ruleset, checked
 against that directory's counters and lists (service.rules.directory); the
 server serves and hot-reloads the whole directory as one unit
 (service.rules.reload).
@@ -53,7 +53,7 @@ Conditions (`when`)
     outlet.region_code startswith "4401"
     transfer.ip_region_code matches "44%d%d%d%d|45%d+"
 
-* Names: request fields by their dotted names in `service.facts.FIELDS`
+* Names: request fields by their dotted names in `service.pipeline.facts.FIELDS`
   (`applicant.age`, `person.non_local`, `outlet.region_code`, `event`,
   `local_hour`, ...), declared counters by their bare names (`banks_30d`),
   watchlists as `list.NAME` after `in`. A bare name is a field if the
@@ -113,7 +113,7 @@ Anti-Telecom and Online Fraud Law). Every enforced block rule (disabled ones
 included) needs an appeal route: its own `appeal: {zh, en}`, or its file's
 top-level `appeal:`, which serves every block rule of the file without one.
 The appeal is appended to both reason texts as a sentence of its own
-(service.decision.with_appeal), so the reason says what happened and stays
+(service.pipeline.outcome.with_appeal), so the reason says what happened and stays
 as natural as it was written. Loading refuses a block rule with neither,
 naming it (`file:line: rule 'X' blocks but gives no appeal route ...`), and
 so do `riskgate rules check` and hot reload (the last good ruleset keeps
@@ -122,15 +122,15 @@ route is a deliberate key, never a keyword found by accident. Shadow block
 rules need none (they refuse no one) but get their file's, so a trial shows
 the text its promotion will. Warn rules refuse nothing: `appeal:` on one is
 an error. The fail policy's built-in BLOCK reason carries
-service.decision.DEFAULT_APPEAL.
+service.pipeline.outcome.DEFAULT_APPEAL.
 
 Outcome
 -------
 
 Every matching rule is reported. The outcome is the most severe *enforced*
 rule's (block > warn; none: allow); shadow rules are reported with
-`shadow = true` and never change it (service.decision.outcome_of). Reasons
-are sorted by severity, then priority, then id (service.decision.order_reasons).
+`shadow = true` and never change it (service.pipeline.outcome.outcome_of). Reasons
+are sorted by severity, then priority, then id (service.pipeline.outcome.order_reasons).
 """
 
 from __future__ import annotations

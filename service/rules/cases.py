@@ -17,7 +17,7 @@
           reasons:                      # optional: exact texts of fired rules' reasons (zh, en or both)
             T15_fraud_payee: {en: "The payee account is ... You may appeal with your ID at this bank ..."}
 
-Facts name fields of `service.facts.FIELDS` for the case's event kind, never
+Facts name fields of `service.pipeline.facts.FIELDS` for the case's event kind, never
 identifiers (those appear only through `lists`). As `facts()` does, the
 screened person's fields are mirrored between their role (`applicant.*`,
 `buyer.*`, `payer.*`, `holder.*`) and `person.*`. Every list lookup the
@@ -32,20 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.decision import outcome_of
 from service.domain import EventKind, Outcome
 from service.errors import SourceError, SourceProblem
-from service.facts import FIELDS, FieldType, Scalar
+from service.pipeline.facts import FIELDS, FieldType, Scalar
+from service.pipeline.outcome import outcome_of
 from service.rules.check import choice_problem, list_kind_problem, unknown_list_problem
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import CompiledRuleset, build_ruleset
 from service.rules.loader import CASES_SUFFIX, find_files, load_rules, read_source
 from service.rules.model import CounterInfo, RuleSet
-from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 from service.suggest import suggest
+from service.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 
-if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
-    from service.lists import ListSpec
+if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
+    from service.riskdata.lists import ListSpec
 
 CASE_KEYS = ("name", "event", "facts", "counters", "lists", "absent", "expect")
 EXPECT_KEYS = ("outcome", "fired", "reasons")

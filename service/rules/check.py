@@ -1,7 +1,7 @@
 """Resolve and type-check a parsed `when` condition into the typed rule model.
 
-Names resolve against the field catalogue (`service.facts.FIELDS`), the
-declared counters and the declared watchlists (`service.lists.ListSpec`, by
+Names resolve against the field catalogue (`service.pipeline.facts.FIELDS`), the
+declared counters and the declared watchlists (`service.riskdata.lists.ListSpec`, by
 name), for the rule's event kinds. Every problem found is collected (not
 just the first), each as one message.
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from service.domain import EventKind
 from service.errors import NegatedPatternError, PatternError
-from service.facts import FIELDS, FieldType
+from service.pipeline.facts import FIELDS, FieldType
 from service.rules import expr as ast
 from service.rules.logic import nnf
 from service.rules.model import (
@@ -51,8 +51,8 @@ from service.rules.model import (
 from service.rules.patterns import matches_pattern, startswith_pattern, text_problem
 from service.suggest import suggest, suggest_value
 
-if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
-    from service.lists import ListSpec
+if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
+    from service.riskdata.lists import ListSpec
 
 MAX_ABS_NUMBER = 1e15
 MAX_ARITHMETIC = 8

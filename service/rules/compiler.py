@@ -38,7 +38,7 @@ from typing import TypeAlias
 
 from service.domain import EventKind
 from service.errors import CompileError, SourceError, SourceProblem
-from service.facts import FieldType
+from service.pipeline.facts import FieldType
 from service.rules.logic import Conjunction, Test, cost_per_kind, dnf, guards_of, nnf
 from service.rules.model import (
     CmpOp,

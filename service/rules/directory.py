@@ -3,10 +3,10 @@
     rules/
       openings.rules.yaml       rules (service.rules.loader)
       openings.cases.yaml       their test cases (service.rules.cases)
-      counters.yaml             velocity counters (service.counters.spec); their `where` filters
+      counters.yaml             velocity counters (service.riskdata.counters.spec); their `where` filters
                                 are checked here with the rules language (service.rules.filters)
-      lists.yaml                watchlists (service.lists)
-      rates.yaml                exchange rates into CNY (service.rules.rates, service.money)
+      lists.yaml                watchlists (service.riskdata.lists)
+      rates.yaml                exchange rates into CNY (service.rules.rates, service.pipeline.money)
 
 The kinds of file are one unit: the counters declare which counter values
 rules may read (and on which event kinds), the lists which `list.NAME` exist
@@ -29,10 +29,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.counters.spec import CounterSpec, parse_counters
 from service.errors import ContentChanged, SourceError, SourceProblem
-from service.lists import LISTS_FILE, ListSpec, load_lists
-from service.money import CNY_ONLY, ExchangeRates
+from service.pipeline.money import CNY_ONLY, ExchangeRates
+from service.riskdata.counters.spec import CounterSpec, parse_counters
+from service.riskdata.lists import LISTS_FILE, ListSpec, load_lists
 from service.rules.filters import CounterFilters, compile_filters
 from service.rules.loader import RULES_SUFFIX, SourceText, find_files, load_sources, read_source
 from service.rules.model import CounterInfo, RuleSet
@@ -152,7 +152,7 @@ def _load_lists(root: Path, expected: SourceText | None, problems: list[SourcePr
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(SourceProblem(expected.shown, 0, f"cannot read the file: {exc}"))
         return {}
-    # service.lists reads the file itself: make sure it read what was hashed.
+    # service.riskdata.lists reads the file itself: make sure it read what was hashed.
     again, _ = read_source(root / LISTS_FILE, expected.shown)
     if again != expected.text:
         raise ContentChanged([SourceProblem(expected.shown, 0, "the file changed while it was being loaded")])
@@ -160,7 +160,7 @@ def _load_lists(root: Path, expected: SourceText | None, problems: list[SourcePr
 
 
 def _renamed(problems: Sequence[SourceProblem], shown: str) -> list[SourceProblem]:
-    """Problems of lists.yaml named as the directory was given (service.lists names it by its path)."""
+    """Problems of lists.yaml named as the directory was given (service.riskdata.lists names it by its path)."""
     return [SourceProblem(shown, p.line, p.problem) for p in problems]
 
 

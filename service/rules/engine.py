@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import durable_rules_engine
 
-from service.decision import order_reasons, outcome_of
 from service.domain import EventKind, Outcome, Reason
 from service.errors import EvaluationError, SourceError, SourceProblem
-from service.facts import FieldType, Scalar
-from service.money import CNY
+from service.pipeline.facts import FieldType, Scalar
+from service.pipeline.money import CNY
+from service.pipeline.outcome import order_reasons, outcome_of
 from service.rules.compiler import CompiledPlan, KindInputs, compile_ruleset, number_text
 from service.rules.loader import load_rules
 from service.rules.model import (
@@ -60,8 +60,8 @@ from service.rules.model import (
 )
 from service.rules.templates import AMOUNT, CURRENCY, ORIGINAL_AMOUNT, render
 
-if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
-    from service.lists import ListSpec
+if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
+    from service.riskdata.lists import ListSpec
 
 _LOCK = threading.Lock()
 _GENERATIONS = itertools.count(1)
@@ -319,7 +319,7 @@ class CompiledRuleset:
     ) -> tuple[Reason, ...]:
         """Every rule that matches, as reasons sorted by severity, priority and id.
 
-        `facts` are `service.facts.facts(request)` (the event kind under
+        `facts` are `service.pipeline.facts.facts(request)` (the event kind under
         "event"); `counters` the declared counters' values; `list_hits`
         maps (list, field) to whether the field's value is on the list, for
         each of `list_checks` whose field the request has. A value missing

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.decision import Appeal, Language
 from service.domain import EventKind, Outcome
 from service.errors import ConditionSyntaxError, SourceError, SourceProblem, TemplateError
-from service.facts import FieldType
+from service.pipeline.facts import FieldType
+from service.pipeline.outcome import Appeal, Language
 from service.rules import expr as ast
 from service.rules.check import check_condition
 from service.rules.compiler import MAX_MESSAGE_VALUES, MAX_TESTS_PER_SHARD, values_read_on
@@ -48,11 +48,11 @@ from service.rules.model import (
     Template,
 )
 from service.rules.templates import AMOUNT, append_appeal, parse_template, render
-from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 from service.suggest import suggest
+from service.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 
-if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
-    from service.lists import ListSpec
+if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
+    from service.riskdata.lists import ListSpec
 
 RULES_SUFFIX = ".rules.yaml"
 CASES_SUFFIX = ".cases.yaml"
@@ -572,7 +572,7 @@ def load_sources(
     """Load rule files given as texts, in that order; raises SourceError listing every problem.
 
     `counters` are the values rules may read (service.rules.directory builds them from
-    counters.yaml), `lists` the declared watchlists (service.lists.load_lists).
+    counters.yaml), `lists` the declared watchlists (service.riskdata.lists.load_lists).
     `also_hashed`: texts that are not rules but shape what the rules mean (counters.yaml,
     lists.yaml), included in the revision hash after the rule files.
     """

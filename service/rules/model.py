@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, TypeAlias
 
-from service.decision import Appeal
 from service.domain import EventKind, Outcome
-from service.facts import ALL_KINDS, FieldType
+from service.pipeline.facts import ALL_KINDS, FieldType
+from service.pipeline.outcome import Appeal
 
-if TYPE_CHECKING:  # service.lists imports this package (its YAML reader): no import at run time
-    from service.lists import ListSpec
+if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
+    from service.riskdata.lists import ListSpec
 
 
 class Mode(enum.StrEnum):
@@ -47,7 +47,7 @@ def counters_from_names(names: Iterable[str]) -> dict[str, CounterInfo]:
 
 @dataclass(frozen=True, slots=True)
 class FieldRef:
-    """A request field from `service.facts.FIELDS`, by its dotted name."""
+    """A request field from `service.pipeline.facts.FIELDS`, by its dotted name."""
 
     name: str
     type: FieldType

@@ -8,11 +8,11 @@
       USD: 7.1186
       JPY: 0.046718
 
-Read with the rules' strict YAML reader (`service.rules.yamlsrc`), checked
+Read with the rules' strict YAML reader (`service.yamlsrc`), checked
 whole (every problem as `file:line: problem`), and loaded, hashed and
 hot-reloaded with the rule files (`service.rules.directory`): a broken
 rates.yaml keeps the last good ruleset serving. A missing file means CNY only.
-The model and the conversion are `service.money`.
+The model and the conversion are `service.pipeline.money`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from datetime import date
 from decimal import Decimal
 
 from service.errors import SourceError, SourceProblem
-from service.money import CNY, ExchangeRates
-from service.rules.yamlsrc import YMap, YNode, YScalar, describe, parse_yaml
+from service.pipeline.money import CNY, ExchangeRates
+from service.yamlsrc import YMap, YNode, YScalar, describe, parse_yaml
 
 RATES_FILE = "rates.yaml"
 MAX_RATE = 1000  # CNY per unit: no currency is near it, so a rate above is a typo (e.g. per 100 units)

@@ -46,12 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
-from service.counters.spec import CounterSpec
 from service.domain import EventKind, Reason
 from service.errors import ContentChanged, EvaluationError, RiskgateError, SourceError
-from service.facts import Scalar
-from service.lists import ListSpec
-from service.money import CNY_ONLY, ExchangeRates
+from service.pipeline.facts import Scalar
+from service.pipeline.money import CNY_ONLY, ExchangeRates
+from service.riskdata.counters.spec import CounterSpec
+from service.riskdata.lists import ListSpec
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import DirectoryTexts, RulesDirectory, load_texts, read_directory, stat_signature
 from service.rules.engine import CompiledRuleset, ListHits, Live, build_ruleset
@@ -71,10 +71,10 @@ T = TypeVar("T")
 class ActiveRules:
     """Everything a request needs from the rules directory, from one consistent set of files.
 
-    `where` is the counters' filter predicate (`service.counters.spec.Predicate`)
+    `where` is the counters' filter predicate (`service.riskdata.counters.spec.Predicate`)
     for `counter_spec`; `lists` the watchlists the rules may look up; `rates`
     what a transfer in another currency is in CNY. `revision`, `rates`,
-    `list_checks` and `evaluate` make it a `service.screening.RuleEvaluator`.
+    `list_checks` and `evaluate` make it a `service.pipeline.screening.RuleEvaluator`.
     """
 
     ruleset: CompiledRuleset

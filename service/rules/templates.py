@@ -39,12 +39,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from service.decision import Appeal, Language, appeal_separator
 from service.errors import TemplateError
+from service.pipeline.outcome import Appeal, Language, appeal_separator
 from service.rules.model import Placeholder, Template, format_value
 
 FORMATS = ("yuan", "money", "days", "days_ago")
-AMOUNT = "transfer.amount_fen"  # in CNY fen (service.money); the one field `money` formats
+AMOUNT = "transfer.amount_fen"  # in CNY fen (service.pipeline.money); the one field `money` formats
 ORIGINAL_AMOUNT = "transfer.original_amount_fen"
 CURRENCY = "transfer.currency"
 # The currencies a clerk reads by name in Chinese; others show by their code (1,000.00 CHF).
@@ -100,7 +100,7 @@ def parse_template(source: str) -> Template:
 
 
 def append_appeal(template: Template, appeal: Appeal, language: Language) -> Template:
-    """The reason template followed by the appeal sentence (service.decision.with_appeal's joining)."""
+    """The reason template followed by the appeal sentence (service.pipeline.outcome.with_appeal's joining)."""
     text = appeal.text(language)
     tail = appeal_separator(template.source, language) + text
     parts = list(template.parts)

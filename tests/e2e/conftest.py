@@ -16,7 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.redis_embedded import free_port
+from service.redis.embedded import free_port
 from tests.conftest import REPO
 
 RISKGATE = Path(sys.executable).parent / "riskgate"

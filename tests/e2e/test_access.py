@@ -30,16 +30,16 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service import validate
 from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.access.tokens import new_token
 from service.clock import SystemClock
-from service.redis_embedded import EmbeddedRedis, RedisOptions, free_port
-from service.redisconn import hasher_for
-from service.riskdata import RiskDataConfig, RiskDataStore
+from service.pipeline import validate
+from service.redis.connection import hasher_for
+from service.redis.embedded import EmbeddedRedis, RedisOptions, free_port
+from service.riskdata.store import RiskDataConfig, RiskDataStore
+from service.server.access.tokens import new_token
 from service.settings import Settings
 from tests import samples
 from tests.conftest import REPO

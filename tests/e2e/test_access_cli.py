@@ -26,8 +26,8 @@ from google.protobuf import json_format
 
 from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
-from service.access.tokens import new_token
-from service.redis_embedded import EmbeddedRedis, RedisOptions
+from service.redis.embedded import EmbeddedRedis, RedisOptions
+from service.server.access.tokens import new_token
 from tests import samples
 from tests.conftest import REPO
 from tests.e2e.conftest import RISKGATE, RunningServer, external_server

@@ -21,7 +21,7 @@ from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.api import STATUS_DETAILS_KEY
+from service.pipeline.api import STATUS_DETAILS_KEY
 from tests import samples
 from tests.conftest import REPO
 from tests.e2e.conftest import RunningServer, start_server

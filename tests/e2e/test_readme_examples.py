@@ -41,10 +41,10 @@ from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.access.tokens import new_token
 from service.domain import CHINA_TZ
-from service.redis_embedded import EmbeddedRedis, RedisOptions
-from service.server import DOCUMENTED_DESCRIPTORS
+from service.redis.embedded import EmbeddedRedis, RedisOptions
+from service.server.access.tokens import new_token
+from service.server.app import DOCUMENTED_DESCRIPTORS
 from tests import samples
 from tests.conftest import REPO
 from tests.e2e.conftest import RISKGATE, RunningServer, external_server, start_server

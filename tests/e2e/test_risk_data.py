@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.redis_embedded import EmbeddedRedis, RedisOptions, free_port
+from service.redis.embedded import EmbeddedRedis, RedisOptions, free_port
 from tests import samples
 from tests.e2e.conftest import RunningServer, external_server
 from tests.redis_dump import dump_everything

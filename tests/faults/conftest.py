@@ -23,7 +23,7 @@ from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.redis_embedded import EmbeddedRedis, RedisOptions, free_port
+from service.redis.embedded import EmbeddedRedis, RedisOptions, free_port
 from tests import samples
 from tests.e2e import conftest as e2e
 from tests.e2e.conftest import RunningServer

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.admin_cli import export_decisions, import_list, parse_expiry, tail_stream
-from service.counters.keys import KeyHasher
 from service.errors import InvalidValue
-from service.lists import load_lists
-from service.watchlists import Watchlists
+from service.redis.keys import KeyHasher
+from service.riskdata.lists import load_lists
+from service.riskdata.watchlists import Watchlists
+from service.tools.admin import export_decisions, import_list, parse_expiry, tail_stream
 from tests.conftest import REPO
 from tests.samples import resident_id
 

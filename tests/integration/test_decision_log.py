@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from service.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
+from service.riskdata.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.counters.keys import KeyHasher
 from service.errors import InvalidValue, SourceError, UnknownList
-from service.lists import ListKind, load_lists
-from service.watchlists import Watchlists
+from service.redis.keys import KeyHasher
+from service.riskdata.lists import ListKind, load_lists
+from service.riskdata.watchlists import Watchlists
 from tests.conftest import REPO
 from tests.redis_dump import dump_everything
 from tests.samples import resident_id

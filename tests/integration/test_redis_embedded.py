@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from service import redis_embedded
 from service.errors import RedisLaunchError
-from service.redis_embedded import PID_FILE, EmbeddedRedis, RedisOptions, process_argv
+from service.redis import embedded as redis_embedded
+from service.redis.embedded import PID_FILE, EmbeddedRedis, RedisOptions, process_argv
 from tests.conftest import REPO, start_unowned_redis
 
 pytestmark = pytest.mark.integration
@@ -245,7 +245,7 @@ CHILD = """
 import sys, time
 from pathlib import Path
 import redis
-from service.redis_embedded import EmbeddedRedis
+from service.redis.embedded import EmbeddedRedis
 server = EmbeddedRedis(Path(sys.argv[1]))
 server.start()
 redis.Redis.from_url(server.url).set("before-the-crash", "kept")

@@ -16,8 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import Unsupported
-from service.redis_embedded import EmbeddedRedis, RedisOptions
-from service.redis_mux import Multiplexer
+from service.redis.embedded import EmbeddedRedis, RedisOptions
+from service.redis.mux import Multiplexer
 
 pytestmark = pytest.mark.integration
 

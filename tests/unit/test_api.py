@@ -9,8 +9,8 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
-from service.api import decision_to_proto, reason_to_proto
 from service.domain import Decision, EventKind, Outcome, Reason
+from service.pipeline.api import decision_to_proto, reason_to_proto
 
 REASONS = (
     Reason("K05_many_banks", Outcome.WARN, "本证件30天内已在4家银行开户", "4 banks", (("banks_30d", "4"), ("x", "y"))),

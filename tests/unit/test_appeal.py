@@ -15,19 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from service.decision import DEFAULT_APPEAL, UNAVAILABLE_RULE_ID, Appeal, unavailable_reason, with_appeal
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
 from service.errors import SourceError
-from service.facts import Scalar
-from service.money import CNY_ONLY
-from service.rules.commands import run_check
+from service.pipeline.facts import Scalar
+from service.pipeline.money import CNY_ONLY
+from service.pipeline.outcome import DEFAULT_APPEAL, UNAVAILABLE_RULE_ID, Appeal, unavailable_reason, with_appeal
+from service.pipeline.screening import CounterValues, ListHits, Observation, Screener
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import load_directory
 from service.rules.engine import build_ruleset
 from service.rules.loader import SourceText, load_sources
 from service.rules.model import RuleSet
 from service.rules.reload import ReloadResult, RulesManager
-from service.screening import CounterValues, ListHits, Observation, Screener
+from service.tools.rules import run_check
 from tests.unit.rules.conftest import COUNTERS, LISTS, REPO
 from tests.unit.test_facts import EVENTS, OUTLET
 

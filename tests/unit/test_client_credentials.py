@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.access.identity import ClientCredentials
+from service.server.access.identity import ClientCredentials
 
 
 def _token(tmp_path: Path) -> Path:

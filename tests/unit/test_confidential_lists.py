@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from service.errors import SourceError
-from service.facts import Scalar
-from service.lists import load_lists
+from service.pipeline.facts import Scalar
+from service.riskdata.lists import load_lists
 from service.rules.directory import load_directory
 from service.rules.engine import confidential_evidence
 from service.rules.reload import ActiveRules, build

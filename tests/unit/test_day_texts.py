@@ -1,7 +1,7 @@
 """Day counts in reason texts, as a clerk says them: `{x:days}` (how long) and `{x:days_ago}` (when).
 
 T18 used to say 收款账户开立仅0天 / "opened only 0 days ago". The values are whole 24-hour periods
-(service.facts: `transfer.payee_account_age_days`; idle_days counters), so 0 is "less than a day",
+(service.pipeline.facts: `transfer.payee_account_age_days`; idle_days counters), so 0 is "less than a day",
 never "today".
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from service.domain import EventKind, ScreenRequest, Transfer
 from service.errors import SourceError
-from service.facts import facts
+from service.pipeline.facts import facts
 from service.rules.directory import RulesDirectory, load_directory
 from service.rules.loader import SourceText, load_sources
 from service.rules.reload import ActiveRules, build

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from service.decision import decide, order_reasons, outcome_of
 from service.domain import EventKind, Outcome, Reason
+from service.pipeline.outcome import decide, order_reasons, outcome_of
 
 
 def reason(rule_id: str, outcome: Outcome, priority: int = 100, shadow: bool = False) -> Reason:

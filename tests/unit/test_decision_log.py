@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.decision_log import DecisionLog, DecisionLogConfig, LogEntry, Spool
 from service.errors import ConfigError
+from service.riskdata.decision_log import DecisionLog, DecisionLogConfig, LogEntry, Spool
 
 
 class _Clock:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from service.decisions import decode_decision, encode_decision, entry_document, log_entry
 from service.domain import (
     Closure,
     Decision,
@@ -15,6 +14,7 @@ from service.domain import (
     ScreenRequest,
     Sex,
 )
+from service.riskdata.records import decode_decision, encode_decision, entry_document, log_entry
 
 AT = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 ID = "11010519900307123X"

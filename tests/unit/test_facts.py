@@ -22,7 +22,7 @@ from service.domain import (
     Transfer,
     TransferChannel,
 )
-from service.facts import FIELDS, FieldType, facts, identifiers
+from service.pipeline.facts import FIELDS, FieldType, facts, identifiers
 
 AT = datetime(2026, 11, 22, 17, 30, tzinfo=UTC)  # 01:30 on the 23rd in Beijing
 

@@ -9,9 +9,9 @@ import pytest
 
 from service import domain
 from service._gen.riskgate.v1 import screening_pb2 as pb
-from service.decisions import decode_record, encode_decision, encode_record, fingerprint_text
 from service.domain import CHINA_TZ, Decision, EventKind, Outcome, Reason
-from service.validate import TimeBounds, screen_request
+from service.pipeline.validate import TimeBounds, screen_request
+from service.riskdata.records import decode_record, encode_decision, encode_record, fingerprint_text
 from tests import samples
 
 NOW = datetime.now(UTC)

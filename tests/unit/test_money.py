@@ -11,8 +11,8 @@ import pytest
 
 from service.domain import ScreenRequest, Transfer
 from service.errors import FieldProblem, SourceError, ValidationError
-from service.facts import facts
-from service.money import CNY_ONLY, ExchangeRates
+from service.pipeline.facts import facts
+from service.pipeline.money import CNY_ONLY, ExchangeRates
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import build_ruleset
 from service.rules.rates import parse_rates

@@ -1,4 +1,4 @@
-"""Tests for service.access.policy: parsing the access policy, its problems, and certificate matching."""
+"""Tests for service.server.access.policy: parsing the access policy, its problems, and certificate matching."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from service._gen.riskgate.v1 import admin_pb2, screening_pb2
-from service.access.policy import (
+from service.errors import SourceError
+from service.server.access.policy import (
     AUTHENTICATED_METHODS,
     LOCAL_DEFAULT,
     METHOD_PERMISSIONS,
@@ -18,7 +19,6 @@ from service.access.policy import (
     load_policy,
     parse_policy,
 )
-from service.errors import SourceError
 
 FILE = "policy.yaml"
 

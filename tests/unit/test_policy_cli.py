@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from service import cli
-from service.access.commands import check_policy
-from service.access.tokens import TOKEN_PREFIX, parse_tokens
+from service.server.access.tokens import TOKEN_PREFIX, parse_tokens
+from service.tools import cli
+from service.tools.access import check_policy
 
 POLICY = """\
 roles:

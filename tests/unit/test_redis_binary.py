@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from service import redis_embedded
 from service.errors import RedisLaunchError
+from service.redis import embedded as redis_embedded
 
 
 def test_the_system_binary_comes_first(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,9 +14,9 @@ import grpc
 import pytest
 from google.protobuf import json_format
 
-from service import screen_tool
 from service._gen.riskgate.v1 import screening_pb2 as pb
-from service.screen_tool import BadLine, Numbered, Options, Window, fd_lines, read_requests, request_problem
+from service.tools import screen as screen_tool
+from service.tools.screen import BadLine, Numbered, Options, Window, fd_lines, read_requests, request_problem
 from tests import samples
 
 ID_NUMBER = samples.resident_id()

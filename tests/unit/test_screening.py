@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from service.decision import UNAVAILABLE_RULE_ID
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
-from service.facts import Scalar
-from service.money import CNY_ONLY
-from service.screening import CounterValues, ListHits, Observation, Screener
+from service.pipeline.facts import Scalar
+from service.pipeline.money import CNY_ONLY
+from service.pipeline.outcome import UNAVAILABLE_RULE_ID
+from service.pipeline.screening import CounterValues, ListHits, Observation, Screener
 from tests.unit.test_facts import EVENTS, OUTLET
 
 AT = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)

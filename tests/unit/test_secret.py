@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import ConfigError
-from service.secret import load_or_create, parse_secret, read_secret
+from service.redis.secret import load_or_create, parse_secret, read_secret
 
 
 def test_created_once_private_and_then_kept(tmp_path: Path) -> None:

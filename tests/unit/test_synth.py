@@ -1,4 +1,4 @@
-"""Tests for service.synth: determinism, validity, proportions, and the shape of every planted pattern.
+"""Tests for service.synth.stream: determinism, validity, proportions, and the shape of every planted pattern.
 
 The planted patterns are checked from the requests alone, the way a backtest sees them: the
 labels say which events belong together, the requests must then show what the label claims.
@@ -20,7 +20,8 @@ from google.protobuf import json_format
 
 from service import domain
 from service._gen.riskgate.v1 import screening_pb2 as pb
-from service.synth import (
+from service.pipeline.validate import screen_request
+from service.synth.stream import (
     EVENT_SHARES,
     MAX_DEFAULT_AGE,
     PATTERNS,
@@ -32,7 +33,6 @@ from service.synth import (
     stream_window,
     to_json_line,
 )
-from service.validate import screen_request
 
 NOW = datetime(2025, 6, 15, 4, 0, tzinfo=UTC)  # 12:00 in China
 START = datetime(2025, 6, 1, 0, 0, tzinfo=domain.CHINA_TZ)

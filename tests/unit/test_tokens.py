@@ -1,4 +1,4 @@
-"""Tests for service.access.tokens: the tokens file and verifying a presented token."""
+"""Tests for service.server.access.tokens: the tokens file and verifying a presented token."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from service.access import tokens as tokens_module
-from service.access.tokens import NO_TOKENS, TOKEN_PREFIX, load_tokens, new_token, parse_tokens
 from service.errors import SourceError
+from service.server.access import tokens as tokens_module
+from service.server.access.tokens import NO_TOKENS, TOKEN_PREFIX, load_tokens, new_token, parse_tokens
 
 FILE = "tokens.txt"
 MALFORMED = "expected 'name sha256:<64 hex digits>' (riskgate token new NAME)"
@@ -186,7 +186,7 @@ def test_load_tokens_of_a_missing_file(tmp_path: Path) -> None:
 
 
 def counting_compare_digest(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
-    """Replace `hmac` in service.access.tokens' namespace by one whose compare_digest records its calls."""
+    """Replace `hmac` in service.server.access.tokens' namespace by one whose compare_digest records its calls."""
     calls: list[tuple[bytes, bytes]] = []
 
     def compare_digest(a: bytes, b: bytes) -> bool:

@@ -1,4 +1,4 @@
-"""Tests for service.validate: the field validators alone, then whole requests.
+"""Tests for service.pipeline.validate: the field validators alone, then whole requests.
 
 ID numbers are built with a textbook GB 11643 check-character function
 written here, independent of python-stdnum, so that the library is checked
@@ -24,7 +24,7 @@ from stdnum.exceptions import ValidationError as StdnumValidationError
 from service import domain
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.errors import FieldProblem, ValidationError
-from service.validate import (
+from service.pipeline.validate import (
     _DIVISION_PERIODS,
     PROVINCES,
     REGION_PROVINCES,

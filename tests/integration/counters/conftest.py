@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.counters.keys import KeyHasher
-from service.counters.spec import CounterSpec, load_counters, parse_counters
-from service.counters.store import CounterStore
+from service.redis.keys import KeyHasher
+from service.riskdata.counters.spec import CounterSpec, load_counters, parse_counters
+from service.riskdata.counters.store import CounterStore
 
 REPO = Path(__file__).resolve().parents[3]
 SECRET = bytes.fromhex("5f" * 32)

@@ -6,8 +6,6 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime
 
-from service.counters.spec import CounterSpec, Filter, counters_to_update
-from service.counters.store import CounterStore
 from service.domain import (
     AccountClass,
     CardOpening,
@@ -23,7 +21,9 @@ from service.domain import (
     Transfer,
     TransferChannel,
 )
-from service.facts import Scalar, facts, identifiers
+from service.pipeline.facts import Scalar, facts, identifiers
+from service.riskdata.counters.spec import CounterSpec, Filter, counters_to_update
+from service.riskdata.counters.store import CounterStore
 
 _NAME = re.compile(r"\b[a-z_]+(?:\.[a-z_]+)+\b|\blocal_hour\b")
 

@@ -10,10 +10,10 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.counters.keys import KeyHasher
-from service.counters.spec import CounterSpec, parse_counters
-from service.counters.store import CounterStore
 from service.domain import EventKind
+from service.redis.keys import KeyHasher
+from service.riskdata.counters.spec import CounterSpec, parse_counters
+from service.riskdata.counters.store import CounterStore
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, screen, transfer
 

@@ -13,13 +13,13 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.counters.keys import KeyHasher, counter_tag
-from service.counters.spec import Counter, CounterSpec, parse_counters
-from service.counters.store import CounterStore
 from service.domain import Carrier, EventKind
 from service.errors import StoreUnavailable
-from service.redis_embedded import EmbeddedRedis, RedisOptions, free_port
-from service.redis_mux import Multiplexer
+from service.redis.embedded import EmbeddedRedis, RedisOptions, free_port
+from service.redis.keys import KeyHasher, counter_tag
+from service.redis.mux import Multiplexer
+from service.riskdata.counters.spec import Counter, CounterSpec, parse_counters
+from service.riskdata.counters.store import CounterStore
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, screen, sim_closure, sim_sale, transfer
 

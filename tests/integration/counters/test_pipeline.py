@@ -18,14 +18,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
-from service.counters.keys import KeyHasher
-from service.counters.spec import CounterSpec, counters_to_update, parse_counters
-from service.counters.store import CounterPlan, CounterStore, DirectPipeline
 from service.domain import EventKind, ScreenRequest
 from service.errors import StoreUnavailable, Unsupported
-from service.facts import facts, identifiers
-from service.redis_embedded import EmbeddedRedis, RedisOptions
-from service.redis_mux import Multiplexer
+from service.pipeline.facts import facts, identifiers
+from service.redis.embedded import EmbeddedRedis, RedisOptions
+from service.redis.keys import KeyHasher
+from service.redis.mux import Multiplexer
+from service.riskdata.counters.spec import CounterSpec, counters_to_update, parse_counters
+from service.riskdata.counters.store import CounterPlan, CounterStore, DirectPipeline
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, transfer, where
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from service.counters import kernels as kn
-from service.counters.spec import CounterSpec
-from service.counters.store import CounterStore
 from service.domain import EventKind
+from service.riskdata.counters import kernels as kn
+from service.riskdata.counters.spec import CounterSpec
+from service.riskdata.counters.store import CounterStore
 
 pytestmark = pytest.mark.integration
 

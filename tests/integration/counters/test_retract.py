@@ -12,11 +12,11 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.counters.keys import KeyHasher
-from service.counters.spec import CounterSpec, counters_to_update
-from service.counters.store import CounterPlan, CounterStore
 from service.domain import AccountClass, Carrier, ScreenRequest
-from service.facts import facts, identifiers
+from service.pipeline.facts import facts, identifiers
+from service.redis.keys import KeyHasher
+from service.riskdata.counters.spec import CounterSpec, counters_to_update
+from service.riskdata.counters.store import CounterPlan, CounterStore
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import account_closure, opening, screen, sim_closure, sim_sale, transfer, where
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from service.counters.keys import counter_tag
-from service.counters.spec import CounterSpec
-from service.counters.store import CounterStore
 from service.domain import AccountClass, Carrier, EventKind
+from service.redis.keys import counter_tag
+from service.riskdata.counters.spec import CounterSpec
+from service.riskdata.counters.store import CounterStore
 from tests.integration.counters.events import (
     account_closure,
     opening,

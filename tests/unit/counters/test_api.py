@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import inspect
 
-from service import counters
-from service.counters.store import CounterStore
+from service.riskdata import counters
+from service.riskdata.counters.store import CounterStore
 
 
 def test_public_names() -> None:

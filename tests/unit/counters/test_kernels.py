@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from service.counters import kernels as kn
+from service.riskdata.counters import kernels as kn
 
 SEEDS = (1, 2, 3)
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z

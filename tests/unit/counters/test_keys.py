@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from service.counters.keys import ENTITY_BYTES, MEMBER_BYTES, KeyHasher, counter_tag, field_domain
+from service.redis.keys import ENTITY_BYTES, MEMBER_BYTES, KeyHasher, counter_tag, field_domain
 
 SECRET = bytes(range(32))
 ID = "11010519900307123X"

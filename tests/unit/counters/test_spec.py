@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from service.counters.spec import (
+from service.domain import EventKind
+from service.errors import SourceError
+from service.pipeline.facts import FIELDS, Scalar
+from service.riskdata.counters.spec import (
     Aggregate,
     CounterSpec,
     Filter,
@@ -15,9 +18,6 @@ from service.counters.spec import (
     load_counters,
     parse_counters,
 )
-from service.domain import EventKind
-from service.errors import SourceError
-from service.facts import FIELDS, Scalar
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "tests" / "fixtures" / "counters"

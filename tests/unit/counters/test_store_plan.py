@@ -9,10 +9,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 
-from service.counters.keys import KeyHasher, counter_tag
-from service.counters.spec import load_counters, parse_counters
-from service.counters.store import CounterStore, DirectPipeline
 from service.domain import EventKind
+from service.redis.keys import KeyHasher, counter_tag
+from service.riskdata.counters.spec import load_counters, parse_counters
+from service.riskdata.counters.store import CounterStore, DirectPipeline
 
 REPO = Path(__file__).resolve().parents[3]
 SECRET = bytes(range(32))

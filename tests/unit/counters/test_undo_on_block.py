@@ -7,11 +7,11 @@ from typing import Any, cast
 
 import pytest
 
-from service.counters.keys import KeyHasher
-from service.counters.spec import parse_counters
-from service.counters.store import CounterPlan, CounterStore
 from service.domain import EventKind
 from service.errors import SourceError
+from service.redis.keys import KeyHasher
+from service.riskdata.counters.spec import parse_counters
+from service.riskdata.counters.store import CounterPlan, CounterStore
 
 PAIR = """
 counters:

@@ -11,8 +11,8 @@ import pytest
 
 from service.domain import EventKind
 from service.errors import SourceError
-from service.facts import FIELDS, FieldType, Scalar
-from service.lists import ListKind, ListSpec
+from service.pipeline.facts import FIELDS, FieldType, Scalar
+from service.riskdata.lists import ListKind, ListSpec
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import CompiledRuleset, build_ruleset
 from service.rules.loader import SourceText, load_rules, load_sources

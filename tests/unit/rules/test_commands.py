@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
-from service.rules.commands import add_rules_commands, run_check
+from service.tools.cli import main
+from service.tools.rules import add_rules_commands, run_check
 from tests.unit.rules.conftest import COUNTER_NAMES, FIXTURE_ROOT
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from service.domain import EventKind
 from service.errors import CompileError, SourceError
-from service.facts import FieldType
+from service.pipeline.facts import FieldType
 from service.rules.compiler import (
     MAX_TESTS_PER_SHARD,
     _check_keys,

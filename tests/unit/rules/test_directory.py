@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import SourceError
-from service.lists import ListKind, ListSpec, load_lists
+from service.riskdata.lists import ListKind, ListSpec, load_lists
 from service.rules.directory import counters_of, load_directory, read_directory, stat_signature
 
 RULE = """\

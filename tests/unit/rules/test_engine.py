@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from service.decision import outcome_of
 from service.domain import Outcome, Reason
 from service.errors import EvaluationError, SourceError
+from service.pipeline.outcome import outcome_of
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import CompiledRuleset, LiveRuleset, build_ruleset
 from tests.unit.rules.conftest import built, load_text

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.domain import EventKind
-from service.facts import FIELDS, FieldType, Scalar
+from service.pipeline.facts import FIELDS, FieldType, Scalar
 from service.rules.engine import CompiledRuleset
 from service.rules.model import RuleSet
 from tests.reference_evaluator import fired_rules

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.counters.spec import Filter, Predicate, counters_to_update, load_counters, parse_counters
 from service.domain import EventKind
 from service.errors import EvaluationError, SourceError
-from service.facts import FieldType, Scalar
+from service.pipeline.facts import FieldType, Scalar
+from service.riskdata.counters.spec import Filter, Predicate, counters_to_update, load_counters, parse_counters
 from service.rules.check import collect_reads
 from service.rules.filters import CounterFilters, compile_condition, compile_filters
 from service.rules.model import (

@@ -13,9 +13,9 @@ import statistics
 import time
 from collections.abc import Callable
 
-from service.counters.spec import CounterSpec, Filter, counters_to_update, load_counters
 from service.domain import EventKind, Outcome
-from service.facts import Scalar
+from service.pipeline.facts import Scalar
+from service.riskdata.counters.spec import CounterSpec, Filter, counters_to_update, load_counters
 from service.rules.check import collect_reads
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import build_ruleset

@@ -6,7 +6,7 @@ import pytest
 
 from service.domain import EventKind
 from service.errors import SourceError
-from service.facts import FieldType
+from service.pipeline.facts import FieldType
 from service.rules import expr as ast
 from service.rules.loader import SourceText, load_sources
 from service.rules.model import (

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from service.counters.spec import Predicate, counters_to_update
 from service.domain import EventKind
 from service.errors import EvaluationError, SourceError
+from service.pipeline.screening import RuleEvaluator
+from service.riskdata.counters.spec import Predicate, counters_to_update
 from service.rules import reload as reload_module
 from service.rules.directory import RulesDirectory
 from service.rules.reload import ActiveRules, ReloadResult, RulesManager
-from service.screening import RuleEvaluator
 
 RULES = """\
 revision: r1

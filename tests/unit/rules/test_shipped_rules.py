@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.domain import EventKind, Outcome
-from service.facts import FIELDS, FieldType, Scalar
-from service.rules.commands import run_check, run_test
+from service.pipeline.facts import FIELDS, FieldType, Scalar
 from service.rules.directory import RulesDirectory, load_directory
 from service.rules.model import (
     Condition,
@@ -28,6 +27,7 @@ from service.rules.model import (
     operands,
 )
 from service.rules.reload import ActiveRules, build
+from service.tools.rules import run_check, run_test
 from tests.reference_evaluator import fired_rules
 from tests.unit.rules.conftest import REPO, Request, random_request
 

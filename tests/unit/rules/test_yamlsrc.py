@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.rules.yamlsrc import YMap, YScalar, YSeq, parse_yaml
+from service.yamlsrc import YMap, YScalar, YSeq, parse_yaml
 
 
 def _scalars(text: str) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """Protobuf ↔ domain for answers, and riskgate errors ↔ gRPC status codes, in one place.
 
-Requests are turned into domain values by `service.validate`, which is where
+Requests are turned into domain values by `service.pipeline.validate`, which is where
 every field is checked.
 """
 

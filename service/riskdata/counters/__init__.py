@@ -13,8 +13,8 @@ Public API::
     KeyHasher(secret)                               # HMAC-SHA256 of everything that reaches Redis
 """
 
-from service.counters.keys import KeyHasher, field_domain
-from service.counters.spec import (
+from service.redis.keys import KeyHasher, field_domain
+from service.riskdata.counters.spec import (
     Aggregate,
     Counter,
     CounterSpec,
@@ -28,7 +28,7 @@ from service.counters.spec import (
     load_counters,
     parse_counters,
 )
-from service.counters.store import CounterPlan, CounterStore, DirectPipeline, RetractPlan
+from service.riskdata.counters.store import CounterPlan, CounterStore, DirectPipeline, RetractPlan
 
 __all__ = [
     "Aggregate",

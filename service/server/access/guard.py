@@ -35,8 +35,10 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from service.access.audit import AuditEntry, AuditTrail
-from service.access.policy import (
+from service.errors import ConfigError, PermissionDenied, SourceError, Unauthenticated
+from service.pipeline.api import status_of
+from service.server.access.audit import AuditEntry, AuditTrail
+from service.server.access.policy import (
     AUTHENTICATED_METHODS,
     LOCAL_DEFAULT,
     METHOD_PERMISSIONS,
@@ -45,9 +47,7 @@ from service.access.policy import (
     PrincipalSpec,
     load_policy,
 )
-from service.access.tokens import NO_TOKENS, Tokens, load_tokens
-from service.api import status_of
-from service.errors import ConfigError, PermissionDenied, SourceError, Unauthenticated
+from service.server.access.tokens import NO_TOKENS, Tokens, load_tokens
 
 log = logging.getLogger("riskgate.access")
 _Req = TypeVar("_Req")

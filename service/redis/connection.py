@@ -20,10 +20,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.counters.keys import KeyHasher
 from service.errors import RedisLaunchError
-from service.redis_embedded import EmbeddedRedis
-from service.secret import load_or_create, read_secret
+from service.redis.embedded import EmbeddedRedis
+from service.redis.keys import KeyHasher
+from service.redis.secret import load_or_create, read_secret
 from service.settings import Settings
 
 # A screening waits at most its budget for Redis; these bound what a stuck

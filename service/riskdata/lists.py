@@ -9,7 +9,7 @@
         confidential: true            # never named in answers, only in the decision log
         default_ttl: 72h              # entries added without an expiry stop matching after this
 
-The declarations only: rules are checked against them, and `service.watchlists`
+The declarations only: rules are checked against them, and `service.riskdata.watchlists`
 keeps the entries in Redis.
 """
 
@@ -22,10 +22,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from service import validate
 from service.domain import local_time
 from service.errors import ConfigError, SourceError, SourceProblem
-from service.rules.yamlsrc import YMap, YScalar, YSeq, describe, parse_yaml
+from service.pipeline import validate
+from service.yamlsrc import YMap, YScalar, YSeq, describe, parse_yaml
 
 LISTS_FILE = "lists.yaml"
 MAX_REASON = 256

@@ -1,6 +1,6 @@
 """Writing the decision log: every answered decision in the stream exactly once, whatever Redis does.
 
-A decision's entry (`service.decisions.log_entry`) normally goes out in the
+A decision's entry (`service.riskdata.records.log_entry`) normally goes out in the
 screening's record round trip. When that write fails, is over budget or is
 skipped (the circuit breaker is open), the entry joins a **backlog** that a
 background task (`DecisionLog.run`) writes in chunks of `chunk` entries, each
@@ -54,7 +54,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from service.clock import Clock
 from service.errors import ConfigError, Unsupported
-from service.redis_mux import Multiplexer, pack_command
+from service.redis.mux import Multiplexer, pack_command
 
 log = logging.getLogger("riskgate.decision_log")
 

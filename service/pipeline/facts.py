@@ -38,7 +38,7 @@ from service.domain import (
     TransferChannel,
     local_time,
 )
-from service.money import CNY_ONLY, ExchangeRates
+from service.pipeline.money import CNY_ONLY, ExchangeRates
 
 Scalar = int | float | bool | str
 

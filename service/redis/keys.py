@@ -1,7 +1,7 @@
 """Keyed hashing of everything that reaches Redis: no identifier is ever stored in clear.
 
 Every key part and every distinct() member is an HMAC-SHA256 under the
-deployment's secret (`service.secret`), so someone reading Redis (a dump, a
+deployment's secret (`service.redis.secret`), so someone reading Redis (a dump, a
 replica, `MONITOR`) learns neither ID numbers, phones, accounts and devices,
 nor which outlets or carriers a key belongs to, and cannot test a guessed
 ID number without the secret.

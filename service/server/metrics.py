@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from service.access.tls import TlsFiles
+from service.server.access.tls import TlsFiles
 from service.settings import parse_address
 
 # Screening takes well under a millisecond of CPU; a counter-desk caller waits up to a second.

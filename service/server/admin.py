@@ -2,9 +2,9 @@
 
 Identifiers arrive in clear and are hashed at once; they never appear in
 answers, logs or errors. Who made a change is the principal the credentials
-name (`service.access.guard`), never what the caller writes: its `added_by`
+name (`service.server.access.guard`), never what the caller writes: its `added_by`
 / `removed_by` is kept as a free-text note. Every change, and every attempt
-that failed, is appended to the audit trail (`service.access.audit`).
+that failed, is appended to the audit trail (`service.server.access.audit`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from redis.exceptions import RedisError
 
 from service._gen.riskgate.v1 import admin_pb2 as pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as pb_grpc
-from service.access.audit import AuditEntry, AuditTrail
-from service.access.guard import Principal, current_principal
-from service.access.limits import CheckEntryLimit
-from service.api import abort_invalid, status_of
 from service.clock import Clock
 from service.errors import InvalidValue, RateLimited, RiskgateError, StoreUnavailable, UnknownList
-from service.validate import parse_timestamp
-from service.watchlists import Entry, Watchlists
+from service.pipeline.api import abort_invalid, status_of
+from service.pipeline.validate import parse_timestamp
+from service.riskdata.watchlists import Entry, Watchlists
+from service.server.access.audit import AuditEntry, AuditTrail
+from service.server.access.guard import Principal, current_principal
+from service.server.access.limits import CheckEntryLimit
 
 log = logging.getLogger("riskgate.admin")
 
@@ -56,7 +56,7 @@ def entry_to_proto(entry: Entry) -> pb.WatchlistEntry:
 
 
 async def _fail(context: Context, error: Exception) -> NoReturn:
-    """End the call with the error's status (`service.api.status_of`); never echo the value."""
+    """End the call with the error's status (`service.pipeline.api.status_of`); never echo the value."""
     if not isinstance(error, RiskgateError) or isinstance(error, StoreUnavailable):
         error = StoreUnavailable(f"watchlists unavailable: {error}")
     code = status_of(error)

@@ -91,7 +91,7 @@ from stdnum import numdb
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.clock import SystemClock
 from service.domain import CHINA_TZ
-from service.validate import DEFAULT_TIME_BOUNDS, resident_id_check_character
+from service.pipeline.validate import DEFAULT_TIME_BOUNDS, resident_id_check_character
 
 __all__ = [
     "EVENT_SHARES",
@@ -1538,7 +1538,7 @@ def add_synth_command(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m service.synth ...``: the same as ``riskgate synth ...``."""
+    """``python -m service.synth.stream ...``: the same as ``riskgate synth ...``."""
     root = argparse.ArgumentParser(prog="riskgate")
     add_synth_command(root.add_subparsers(dest="command", required=True))
     args = root.parse_args(["synth", *(sys.argv[1:] if argv is None else argv)])

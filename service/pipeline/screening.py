@@ -16,10 +16,10 @@ from datetime import timedelta
 from typing import Protocol
 
 from service.clock import Clock
-from service.decision import decide, unavailable_reason
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
-from service.facts import Scalar, facts, identifiers
-from service.money import ExchangeRates
+from service.pipeline.facts import Scalar, facts, identifiers
+from service.pipeline.money import ExchangeRates
+from service.pipeline.outcome import decide, unavailable_reason
 
 ListHits = Mapping[tuple[str, str], bool]
 CounterValues = Mapping[str, int | float]

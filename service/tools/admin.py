@@ -1,6 +1,6 @@
 """`riskgate lists ...` and `riskgate decisions ...`: bulk watchlist imports and the decision log.
 
-Both talk to the Redis the server uses (see `service.redisconn.tool_connection`),
+Both talk to the Redis the server uses (see `service.redis.connection.tool_connection`),
 with the same settings (RISKGATE_*) and the same identifier-hashing secret.
 """
 
@@ -20,16 +20,16 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.access.audit import AuditEntry, AuditTrail
-from service.access.identity import local_identity
 from service.clock import SystemClock
-from service.decisions import LOG_STREAM, entry_document
 from service.domain import CHINA_TZ
 from service.errors import ConfigError, InvalidValue, SourceError, UnknownList
-from service.lists import LISTS_FILE, load_lists
-from service.redisconn import hasher_for, tool_connection
+from service.redis.connection import hasher_for, tool_connection
+from service.riskdata.lists import LISTS_FILE, load_lists
+from service.riskdata.records import LOG_STREAM, entry_document
+from service.riskdata.watchlists import Entry, Watchlists
+from service.server.access.audit import AuditEntry, AuditTrail
+from service.server.access.identity import local_identity
 from service.settings import Settings
-from service.watchlists import Entry, Watchlists
 
 IMPORT_BATCH = 1000
 SHOWN_REJECTIONS = 50

@@ -15,13 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from service.access.audit import audit_key
-from service.access.policy import PERMISSIONS, parse_policy
-from service.access.tokens import TOKEN_NAME, new_token, parse_tokens
-from service.admin_cli import export_stream, run_tail, stream_id, tail_stream
 from service.errors import InvalidValue, SourceProblem
-from service.redisconn import hasher_for, tool_connection
+from service.redis.connection import hasher_for, tool_connection
+from service.server.access.audit import audit_key
+from service.server.access.policy import PERMISSIONS, parse_policy
+from service.server.access.tokens import TOKEN_NAME, new_token, parse_tokens
 from service.settings import Settings
+from service.tools.admin import export_stream, run_tail, stream_id, tail_stream
 
 
 def check_policy(policy_path: Path, tokens_path: Path | None, out: TextIO, err: TextIO) -> int:

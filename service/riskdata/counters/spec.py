@@ -33,9 +33,9 @@ Keys of a declaration (anything else is an error):
           closure: [person.id_number, closure.carrier]
 
     Key fields are identifier or string fields of the catalogue
-    (`service.facts.FIELDS`) available on every kind that uses the key.
+    (`service.pipeline.facts.FIELDS`) available on every kind that uses the key.
     All the kinds' keys must name the same kind of entity, position by
-    position (same hashing domain, see `service.counters.keys`).
+    position (same hashing domain, see `service.redis.keys`).
 ``aggregate``
     ``count`` (events), ``sum(FIELD)`` (a number field; values are rounded
     to whole numbers, e.g. fen, and negative ones count as 0),
@@ -154,13 +154,13 @@ Semantics
   closure of a card opened before the service kept counts).
 * **Storage.** All count, sum and idle_days counters of one entity (one key
   value, e.g. one account) live in one Redis hash, each under its 2-byte
-  tag (`service.counters.keys.counter_tag`); two counters kept for the
+  tag (`service.redis.keys.counter_tag`); two counters kept for the
   same kind of entity must not share a tag (the loader says which to
   rename). A distinct() counter keeps its newest time there too, and its
   member while it has one; from two members on, a set of its own. Layout
-  and costs: `service.counters.store`.
+  and costs: `service.riskdata.counters.store`.
 * Hashes of identifiers, never identifiers, reach Redis
-  (`service.counters.keys`).
+  (`service.redis.keys`).
 """
 
 from __future__ import annotations
@@ -174,11 +174,11 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from service.counters.kernels import LADDER, granularity_for
-from service.counters.keys import counter_tag, field_domain
 from service.domain import EventKind
 from service.errors import SourceError, SourceProblem
-from service.facts import FIELDS, FieldType, Scalar
+from service.pipeline.facts import FIELDS, FieldType, Scalar
+from service.redis.keys import counter_tag, field_domain
+from service.riskdata.counters.kernels import LADDER, granularity_for
 from service.suggest import did_you_mean
 
 MAX_WINDOW_SECONDS = 180 * 86400

@@ -2,7 +2,7 @@
 
 The main CLI calls `add_rules_commands(subparsers)`; each registered command
 stores `handler(args) -> int` (the exit code) in the parsed arguments, which
-is how `service.cli` dispatches every command.
+is how `service.tools.cli` dispatches every command.
 
 Both commands load the directory as the server does (service.rules.directory):
 the rule files, counters.yaml (the counter values rules may read, and the
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from service.errors import SourceError
-from service.money import ExchangeRates
+from service.pipeline.money import ExchangeRates
 from service.rules.cases import load_cases, run_cases
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import load_directory

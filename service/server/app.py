@@ -1,8 +1,8 @@
 """grpc.aio wiring: the Screening service, health, reflection, metrics, access, limits, drain and stop.
 
-Every call passes `service.access.guard.Guard` (the principal from a token, a client
+Every call passes `service.server.access.guard.Guard` (the principal from a token, a client
 certificate or a local peer, and the permission its RPC needs) before its handler; the port is
-TLS when certificate files are set (`service.access.tls`, reloaded at each handshake).
+TLS when certificate files are set (`service.server.access.tls`, reloaded at each handshake).
 
 `Server` assembles the parts from `Settings`; `run()` is what `riskgate serve`
 calls: it starts the embedded redis-server when no RISKGATE_REDIS_URL is
@@ -43,31 +43,32 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from redis.exceptions import RedisError
 
-from service import __version__, api, validate
+from service import __version__
 from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.access.audit import AuditTrail
-from service.access.guard import Guard
-from service.access.limits import CheckEntryLimit
-from service.access.tls import CertificateFiles, TlsFiles
-from service.admin import RulesService, WatchlistsService
 from service.clock import Clock, SystemClock
-from service.decision import decide
 from service.domain import Decision, Outcome, ScreenRequest, local_time
 from service.errors import ConfigError, FieldProblem, InternalError, RiskgateError, StoreUnavailable, ValidationError
-from service.facts import facts, identifiers
 from service.logs import Throttled
-from service.metrics import Metrics
-from service.redis_embedded import EmbeddedRedis
-from service.redisconn import embedded_dir, hasher_for, make_client
-from service.riskdata import BoundRiskData, RiskDataConfig, RiskDataStore
+from service.pipeline import api, validate
+from service.pipeline.facts import facts, identifiers
+from service.pipeline.outcome import decide
+from service.pipeline.screening import Screener
+from service.redis.connection import embedded_dir, hasher_for, make_client
+from service.redis.embedded import EmbeddedRedis
+from service.riskdata.store import BoundRiskData, RiskDataConfig, RiskDataStore
+from service.riskdata.watchlists import Watchlists
 from service.rules.reload import ActiveRules, ReloadResult, RulesManager
-from service.screening import Screener
+from service.server.access.audit import AuditTrail
+from service.server.access.guard import Guard
+from service.server.access.limits import CheckEntryLimit
+from service.server.access.tls import CertificateFiles, TlsFiles
+from service.server.admin import RulesService, WatchlistsService
+from service.server.metrics import Metrics
 from service.settings import FailPolicy, Settings
-from service.synth import generate
-from service.watchlists import Watchlists
+from service.synth.stream import generate
 
 log = logging.getLogger("riskgate.server")
 
@@ -85,7 +86,7 @@ HEALTH_NAMES = ("", SCREENING_SERVICE, *ADMIN_SERVICES)
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
-DOCUMENTED_DESCRIPTORS = Path(__file__).parent / "_gen" / "documented.pb"
+DOCUMENTED_DESCRIPTORS = Path(__file__).parents[1] / "_gen" / "documented.pb"
 
 
 def documented_files(path: Path = DOCUMENTED_DESCRIPTORS) -> dict[str, bytes]:

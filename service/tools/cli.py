@@ -11,16 +11,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from service import __version__, logs, screen_tool
+from service import __version__, logs
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
-from service.access.commands import add_access_commands
-from service.access.identity import ClientCredentials
-from service.admin_cli import add_admin_commands
 from service.errors import ConfigError, RiskgateError
-from service.rules.commands import add_rules_commands
-from service.server import run
+from service.server.access.identity import ClientCredentials
+from service.server.app import run
 from service.settings import SETTINGS, Settings
-from service.synth import add_synth_command
+from service.synth.stream import add_synth_command
+from service.tools import screen as screen_tool
+from service.tools.access import add_access_commands
+from service.tools.admin import add_admin_commands
+from service.tools.rules import add_rules_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

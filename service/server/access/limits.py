@@ -13,7 +13,7 @@ import asyncio
 from typing import Any
 
 from service.clock import Clock
-from service.counters.keys import KeyHasher
+from service.redis.keys import KeyHasher
 
 # KEYS[1] the principal's counter for this minute; ARGV[1] its expiry in ms. Returns the count.
 _COUNT = """

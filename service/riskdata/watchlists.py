@@ -1,8 +1,8 @@
 """Watchlist entries in Redis, stored only as keyed hashes (the lists are declared in
-`service.lists`).
+`service.riskdata.lists`).
 
 Layout (every identifier is an HMAC under the deployment's secret, see
-`service.counters.keys`; a value is hashed with its list's *kind* as the
+`service.redis.keys`; a value is hashed with its list's *kind* as the
 domain, which is also how counters hash the same entity):
 
 * `rg:l:{<entity>}`: a hash per listed value, holding for each list it is on
@@ -30,10 +30,10 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from service import validate
-from service.counters.keys import KeyHasher
 from service.errors import InvalidValue, UnknownList
-from service.lists import MAX_AUTHOR, MAX_REASON, ListSpec
+from service.pipeline import validate
+from service.redis.keys import KeyHasher
+from service.riskdata.lists import MAX_AUTHOR, MAX_REASON, ListSpec
 
 
 @dataclass(frozen=True, slots=True)

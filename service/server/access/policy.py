@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import SourceError, SourceProblem
-from service.rules.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
+from service.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 
 # What each permission allows.
 PERMISSIONS: Mapping[str, str] = {

@@ -9,7 +9,7 @@ Per request, in order:
    counters are updated and read. A retry of a decided request gets that
    decision back, marked `replayed`; a retry racing an attempt still in
    flight waits for its decision. Both only when it is the same request
-   (its fingerprint, `service.decisions.fingerprint_text`, is kept in the
+   (its fingerprint, `service.riskdata.records.fingerprint_text`, is kept in the
    pending mark and the record): a different request under a used
    request_id is refused with `RequestIdReused` (ALREADY_EXISTS) and counts
    nothing. On a single Redis the claim is the first
@@ -24,7 +24,7 @@ Per request, in order:
 
 Both use the counter store's pipeline (`CounterStore.pipeline`): on a
 single Redis a direct exchange on the process's multiplexed connection
-(`service.redis_mux`), on Redis Cluster the client's pipeline.
+(`service.redis.mux`), on Redis Cluster the client's pipeline.
 
 Degraded, never silent: each round trip has a budget
 (`RISKGATE_REDIS_BUDGET_MS`, shortened to fit the caller's deadline). When
@@ -35,7 +35,7 @@ policy adds its reason (`RISKGATE_FAIL_POLICY`: warn, or block to fail
 closed). After `BREAKER_FAILURES` failures in a row Redis is not asked at
 all for `BREAKER_OPEN_SECONDS` (then one request probes it), so an outage
 costs requests nothing but the fail policy. Decision-log entries that could
-not be written go to the decision log's backlog (`service.decision_log`):
+not be written go to the decision log's backlog (`service.riskdata.decision_log`):
 spooled to disk, written exactly once by a background task when Redis answers.
 """
 
@@ -54,18 +54,18 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.clock import Clock
-from service.counters.keys import KeyHasher
-from service.counters.spec import CounterSpec, Predicate, counters_to_update
-from service.counters.store import CounterPlan, CounterStore, RetractPlan
-from service.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
-from service.decisions import LOG_STREAM, decode_record, encode_record, fingerprint_text, log_entry
 from service.domain import Decision, Outcome, ScreenRequest
 from service.errors import InFlight, RequestIdReused, StoreUnavailable
-from service.facts import Scalar
-from service.lists import ListSpec
 from service.logs import Throttled
-from service.screening import Observation
-from service.watchlists import Watchlists
+from service.pipeline.facts import Scalar
+from service.pipeline.screening import Observation
+from service.redis.keys import KeyHasher
+from service.riskdata.counters.spec import CounterSpec, Predicate, counters_to_update
+from service.riskdata.counters.store import CounterPlan, CounterStore, RetractPlan
+from service.riskdata.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
+from service.riskdata.lists import ListSpec
+from service.riskdata.records import LOG_STREAM, decode_record, encode_record, fingerprint_text, log_entry
+from service.riskdata.watchlists import Watchlists
 
 log = logging.getLogger("riskgate.riskdata")
 
@@ -290,7 +290,7 @@ class RiskDataStore:
 
 
 class BoundRiskData:
-    """The risk data of one rules bundle: implements `service.screening.RiskData`."""
+    """The risk data of one rules bundle: implements `service.pipeline.screening.RiskData`."""
 
     def __init__(
         self,

@@ -14,7 +14,7 @@ trip per screening::
 
 `observe()` does exactly that for the counters alone. On a single Redis,
 `store.pipeline()` is a `DirectPipeline`: commands packed when queued, sent
-and read on the client's multiplexed connection (`service.redis_mux`: one per
+and read on the client's multiplexed connection (`service.redis.mux`: one per
 process, concurrent requests' commands written together, no pool checkout, no
 task per send), the same round trip as a redis-py pipeline for a fraction of
 its CPU; `observe()` uses the same path. Where the multiplexer does not apply
@@ -39,7 +39,7 @@ the caller claims in a round trip of its own first.
 Active counts and blocked openings: `prepare_retract(plan, token=...)`
 gives the undo of the event's increments of `decrement_on` counters, which
 the caller queues (`queue_retract`) in its post-decision pipeline when the
-outcome is BLOCK; semantics in `service.counters.spec`.
+outcome is BLOCK; semantics in `service.riskdata.counters.spec`.
 
 How calls are formed. Each entity (the hashed key values) has one hash
 `rg:c2:{E}` holding all its count, sum and idle_days counters and the small
@@ -55,7 +55,7 @@ all segments go in ONE EVALSHA; on Redis Cluster one EVALSHA per segment
 (each with one key, routed to its slot's node; the pipeline makes one round
 trip per node, in parallel).
 
-Redis layout (see `service.counters.keys` for the hashing; `c2`: the second counter layout, whose
+Redis layout (see `service.redis.keys` for the hashing; `c2`: the second counter layout, whose
 keys never meet the first one's `rg:c:` keys, which expire by their TTLs)::
 
     rg:c2:{E}                    hash   per counter, under its 2-byte tag T (fields are bytes):
@@ -105,13 +105,13 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
-from service.counters.kernels import DEFAULT_FUTURE_SKEW_SECONDS, ttl_seconds
-from service.counters.keys import KeyHasher, counter_tag, field_domain
-from service.counters.spec import Aggregate, Counter, CounterSpec, Key
 from service.domain import EventKind
 from service.errors import StoreUnavailable, Unsupported
-from service.facts import FIELDS, FieldType, Scalar
-from service.redis_mux import Multiplexer, pack_command
+from service.pipeline.facts import FIELDS, FieldType, Scalar
+from service.redis.keys import KeyHasher, counter_tag, field_domain
+from service.redis.mux import Multiplexer, pack_command
+from service.riskdata.counters.kernels import DEFAULT_FUTURE_SKEW_SECONDS, ttl_seconds
+from service.riskdata.counters.spec import Aggregate, Counter, CounterSpec, Key
 
 TEMPLATE = (Path(__file__).parent / "lua" / "observe.lua").read_text(encoding="utf-8")
 _PROGRAMS_MARK = "--@programs\n"
@@ -392,7 +392,7 @@ class CounterStore:
             raise ValueError("max_future_skew_seconds must be between 0 and 86400")
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
-        # A single Redis: exchanges ride the client's multiplexed connection (`service.redis_mux`);
+        # A single Redis: exchanges ride the client's multiplexed connection (`service.redis.mux`);
         # where it does not apply (TLS, RESP3), connections held from the client's pool.
         self._mux: Multiplexer | None = None
         self._held: _Held | None = None

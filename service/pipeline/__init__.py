@@ -1,0 +1,1 @@
+"""The request path, pure: validate -> facts -> screening -> outcome, and the protobuf edge (api)."""

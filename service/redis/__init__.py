@@ -1,0 +1,1 @@
+"""Redis plumbing: connections, the multiplexed connection, the embedded server, key hashing."""

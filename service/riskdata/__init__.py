@@ -1,0 +1,1 @@
+"""Risk data kept in Redis: counters, watchlists, idempotency records, the decision log."""

@@ -1,0 +1,1 @@
+"""The gRPC server: wiring, admin services, metrics, access control."""

@@ -1,0 +1,1 @@
+"""Synthetic traffic: a population, its rhythm and fraud patterns, as ScreenRequests."""

@@ -1,0 +1,1 @@
+"""The `riskgate` command line: serve, rules, lists, decisions, audit, screen, synth."""

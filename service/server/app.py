@@ -29,29 +29,22 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, cast
 
 import grpc
-from google.protobuf import descriptor_pb2
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from redis.exceptions import RedisError
 
 from service import __version__
 from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
-from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.clock import Clock, SystemClock
-from service.domain import Decision, Outcome, ScreenRequest, local_time
-from service.errors import ConfigError, FieldProblem, InternalError, RiskgateError, StoreUnavailable, ValidationError
-from service.logs import Throttled
+from service.domain import Outcome, ScreenRequest, local_time
+from service.errors import ConfigError, StoreUnavailable
 from service.pipeline import api, validate
 from service.pipeline.facts import facts, identifiers
 from service.pipeline.outcome import decide
@@ -67,12 +60,13 @@ from service.server.access.limits import CheckEntryLimit
 from service.server.access.tls import CertificateFiles, TlsFiles
 from service.server.admin import RulesService, WatchlistsService
 from service.server.metrics import Metrics
+from service.server.reflection import enable_reflection
+from service.server.screening import SCREENING_SERVICE, ScreeningService
 from service.settings import FailPolicy, Settings
 from service.synth.stream import generate
 
 log = logging.getLogger("riskgate.server")
 
-SCREENING_SERVICE = pb.DESCRIPTOR.services_by_name["Screening"].full_name
 # Per-component health, queried as grpc.health.v1 service names.
 REDIS_COMPONENT = "redis"
 RULES_COMPONENT = "rules"
@@ -83,76 +77,6 @@ ADMIN_SERVICES = tuple(s.full_name for s in admin_pb.DESCRIPTOR.services_by_name
 # Health answers for the server ("") and every service it serves; they follow the server's state
 # (SERVING once warmed up, NOT_SERVING while it drains). `redis` and `rules` are its components.
 HEALTH_NAMES = ("", SCREENING_SERVICE, *ADMIN_SERVICES)
-REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
-
-
-DOCUMENTED_DESCRIPTORS = Path(__file__).parents[1] / "_gen" / "documented.pb"
-
-
-def documented_files(path: Path = DOCUMENTED_DESCRIPTORS) -> dict[str, bytes]:
-    """Our .proto files as FileDescriptorProtos with their comments (source info), by file name,
-    from the descriptor set `make protos` writes; empty (reflection without comments) if absent."""
-    try:
-        files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes()).file
-    except (OSError, DecodeError):
-        log.warning("no %s: server reflection serves the API without its documentation", path)
-        return {}
-    return {f.name: f.SerializeToString() for f in files}
-
-
-class DocumentedReflection(reflection.aio.ReflectionServicer):  # type: ignore[misc]
-    """grpcio-reflection's servicer, serving our files with their comments: the generated modules'
-    descriptors carry none, so `grpcurl describe` would show the API undocumented. (Overrides the
-    two look-ups of grpcio-reflection 1.62's base servicer, pinned with grpcio.)"""
-
-    def __init__(self, names: Sequence[str], documented: Mapping[str, bytes]) -> None:
-        super().__init__(names)
-        self._documented = documented
-
-    def _with_comments(self, response: reflection_pb2.ServerReflectionResponse) -> Any:
-        if response.HasField("file_descriptor_response"):
-            files = response.file_descriptor_response.file_descriptor_proto
-            for index, raw in enumerate(files):
-                documented = self._documented.get(descriptor_pb2.FileDescriptorProto.FromString(raw).name)
-                if documented is not None:
-                    files[index] = documented
-        return response
-
-    def _file_by_filename(self, filename: str) -> Any:
-        return self._with_comments(super()._file_by_filename(filename))
-
-    def _file_containing_symbol(self, fully_qualified_name: str) -> Any:
-        return self._with_comments(super()._file_containing_symbol(fully_qualified_name))
-
-
-def enable_reflection(server: grpc.aio.Server) -> None:
-    """Server reflection as grpc.reflection.v1alpha (what grpcio-reflection 1.62 ships) and as
-    grpc.reflection.v1 (what grpcurl, Postman and newer clients ask first): the two protocols'
-    messages are the same on the wire, field for field, only their package differs, so one
-    servicer answers both."""
-    names = (
-        SCREENING_SERVICE,
-        *ADMIN_SERVICES,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
-        REFLECTION_V1,
-    )
-    servicer = DocumentedReflection(names, documented_files())
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
-    handler = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
-        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),)
-    )
-
-
-_UNPARSEABLE = ValidationError(
-    [FieldProblem("request", "the message is not a valid riskgate.v1.ScreenRequest (protobuf parse error)")]
-)
-_BAD_BYTES_LOG_SECONDS = 10.0
 
 
 def warm_up_requests(now: datetime) -> list[pb.ScreenRequest]:
@@ -161,161 +85,6 @@ def warm_up_requests(now: datetime) -> list[pb.ScreenRequest]:
     for request, _ in generate(0, 2000, 0.02, now, population=1000):
         first.setdefault(request.WhichOneof("event") or "", request)
     return list(first.values())
-
-
-class Unparseable:
-    """What the lenient deserializer hands on for bytes that are not a ScreenRequest: the handler
-    answers INVALID_ARGUMENT (on a stream, an error Decision) instead of gRPC's UNKNOWN."""
-
-    __slots__ = ()
-
-
-_UNPARSEABLE_REQUEST = Unparseable()
-
-
-def parse_screen_request(data: bytes) -> pb.ScreenRequest | Unparseable:
-    try:
-        return pb.ScreenRequest.FromString(data)
-    except DecodeError:
-        return _UNPARSEABLE_REQUEST
-
-
-class ScreeningService(pb_grpc.ScreeningServicer):
-    def __init__(
-        self,
-        screener: Screener,
-        validator: Callable[[pb.ScreenRequest], ScreenRequest],
-        metrics: Metrics,
-        clock: Clock,
-        stream_idle_seconds: float = 300.0,
-    ) -> None:
-        self._screener = screener
-        self._validate = validator
-        self._metrics = metrics
-        self._clock = clock
-        self._stream_idle_seconds = stream_idle_seconds
-        self._idle_streams: set[asyncio.Task[object]] = set()  # stream handlers waiting for a message
-        self.stopping = False
-        self._warn = Throttled(log, _BAD_BYTES_LOG_SECONDS, clock.monotonic)
-
-    def add_to(self, server: grpc.aio.Server) -> None:
-        """Register with a lenient request deserializer (see `Unparseable`)."""
-        handlers = {
-            "Screen": grpc.unary_unary_rpc_method_handler(
-                self.Screen,
-                request_deserializer=parse_screen_request,
-                response_serializer=pb.Decision.SerializeToString,
-            ),
-            "ScreenStream": grpc.stream_stream_rpc_method_handler(
-                self.ScreenStream,
-                request_deserializer=parse_screen_request,
-                response_serializer=pb.Decision.SerializeToString,
-            ),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SCREENING_SERVICE, handlers),))
-
-    def end_idle_streams(self) -> None:
-        """At stop: streams waiting for a message end now; busy ones after their current answer."""
-        self.stopping = True
-        for task in list(self._idle_streams):
-            task.cancel()
-
-    def _stopped_us(self) -> bool:
-        """Whether `end_idle_streams` ran: read when a stream's read is cancelled (a method, so the
-        flag is read then, not taken from the loop condition that saw it False)."""
-        return self.stopping
-
-    async def _decide(self, request: pb.ScreenRequest, rpc: str, time_remaining: float | None) -> Decision:
-        """Validate and screen one request; RiskgateErrors propagate to the caller's mapping."""
-        started = time.perf_counter()
-        deadline = None if time_remaining is None else self._clock.monotonic() + time_remaining
-        try:
-            decision = await self._screener.screen(self._validate(request), deadline)
-        except RiskgateError as error:
-            self._metrics.errors.labels(rpc, api.status_of(error).name).inc()
-            raise
-        self._metrics.latency.labels(rpc).observe(time.perf_counter() - started)
-        kind = decision.kind.value if decision.kind is not None else "unknown"
-        self._metrics.requests.labels(kind, decision.outcome.label).inc()
-        if decision.degraded:
-            self._metrics.degraded.inc()
-        if decision.replayed:
-            self._metrics.replayed.inc()
-        return decision
-
-    def _bad_bytes(self, rpc: str) -> None:
-        """Count an unparseable message; log one line at most every 10 s (fuzzers send thousands)."""
-        self._metrics.errors.labels(rpc, grpc.StatusCode.INVALID_ARGUMENT.name).inc()
-        self._warn.warning("unparseable ScreenRequest messages answered INVALID_ARGUMENT", fields={"rpc": rpc})
-
-    async def Screen(
-        self,
-        request: pb.ScreenRequest | Unparseable,
-        context: grpc.aio.ServicerContext[pb.ScreenRequest, pb.Decision],
-    ) -> pb.Decision:
-        if isinstance(request, Unparseable):
-            self._bad_bytes("Screen")
-            await api.abort_invalid(context, _UNPARSEABLE)
-        try:
-            decision = await self._decide(request, "Screen", context.time_remaining())
-        except RiskgateError as error:
-            if api.status_of(error) is grpc.StatusCode.INVALID_ARGUMENT:
-                await api.abort_invalid(context, error)
-            await context.abort(api.status_of(error), str(error))
-        except Exception:
-            log.exception("screening failed", extra={"fields": {"rpc": "Screen"}})
-            self._metrics.errors.labels("Screen", "INTERNAL").inc()
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the decision was not made")
-        return api.decision_to_proto(decision)
-
-    async def ScreenStream(
-        self,
-        request_iterator: AsyncIterator[pb.ScreenRequest | Unparseable],
-        context: grpc.aio.ServicerContext[pb.ScreenRequest, pb.Decision],
-    ) -> AsyncIterator[pb.Decision]:
-        """Answers in order; a bad message gets an error Decision and the stream goes on. The stream
-        ends when the client closes it, after `stream_idle_seconds` without a message, or at stop."""
-        task = asyncio.current_task()
-        assert task is not None
-        while not self.stopping:
-            self._idle_streams.add(task)
-            request: object  # what the lenient deserializer made of the bytes, or EOF
-            try:
-                async with asyncio.timeout(self._stream_idle_seconds):
-                    request = cast(object, await context.read())
-            except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"stream idle for {self._stream_idle_seconds:g} s: closed by the server; open a new one",
-                )
-            except asyncio.CancelledError:
-                if not self._stopped_us():
-                    raise  # the call itself was cancelled (the client went away)
-                task.uncancel()  # our own cancel (`end_idle_streams`): end the stream with a status
-                break
-            finally:
-                self._idle_streams.discard(task)
-            if request is grpc.aio.EOF:
-                return
-            yield await self._stream_answer(request, context.time_remaining())
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "riskgate is stopping: reconnect and send the rest again")
-
-    async def _stream_answer(self, request: object, time_remaining: float | None) -> pb.Decision:
-        if isinstance(request, Unparseable) or not isinstance(request, pb.ScreenRequest):
-            self._bad_bytes("ScreenStream")
-            return api.error_to_proto("", _UNPARSEABLE)
-        try:
-            decision = await self._decide(request, "ScreenStream", time_remaining)
-        except RiskgateError as error:
-            return api.error_to_proto(request.request_id, error)
-        except Exception:
-            log.exception("screening failed", extra={"fields": {"rpc": "ScreenStream"}})
-            self._metrics.errors.labels("ScreenStream", "INTERNAL").inc()
-            return api.error_to_proto(request.request_id, _INTERNAL)
-        return api.decision_to_proto(decision)
-
-
-_INTERNAL = InternalError("internal error; the decision was not made")
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +199,10 @@ class Server:
         admin_pb_grpc.add_WatchlistsServicer_to_server(watchlists, self._grpc)
         admin_pb_grpc.add_RulesServicer_to_server(RulesService(self._reload, self.audit), self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        enable_reflection(self._grpc)
+        enable_reflection(
+            self._grpc,
+            (SCREENING_SERVICE, *ADMIN_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+        )
         if self.settings.metrics_listen:
             try:
                 self.metrics.serve(

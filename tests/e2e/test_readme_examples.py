@@ -44,7 +44,7 @@ from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.domain import CHINA_TZ
 from service.redis.embedded import EmbeddedRedis, RedisOptions
 from service.server.access.tokens import new_token
-from service.server.app import DOCUMENTED_DESCRIPTORS
+from service.server.reflection import DOCUMENTED_DESCRIPTORS
 from tests import samples
 from tests.conftest import REPO
 from tests.e2e.conftest import RISKGATE, RunningServer, external_server, start_server

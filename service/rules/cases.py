@@ -30,12 +30,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from service.domain import EventKind, Outcome
 from service.errors import SourceError, SourceProblem
 from service.pipeline.facts import FIELDS, FieldType, Scalar
 from service.pipeline.outcome import outcome_of
+from service.riskdata.lists import ListSpec
 from service.rules.check import choice_problem, list_kind_problem, unknown_list_problem
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import CompiledRuleset, build_ruleset
@@ -43,9 +43,6 @@ from service.rules.loader import CASES_SUFFIX, find_files, load_rules, read_sour
 from service.rules.model import CounterInfo, RuleSet
 from service.suggest import suggest
 from service.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
-
-if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
-    from service.riskdata.lists import ListSpec
 
 CASE_KEYS = ("name", "event", "facts", "counters", "lists", "absent", "expect")
 EXPECT_KEYS = ("outcome", "fired", "reasons")

@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from service.domain import EventKind
 from service.errors import NegatedPatternError, PatternError
 from service.pipeline.facts import FIELDS, FieldType
+from service.riskdata.lists import ListSpec
 from service.rules import expr as ast
 from service.rules.logic import nnf
 from service.rules.model import (
@@ -50,9 +50,6 @@ from service.rules.model import (
 )
 from service.rules.patterns import matches_pattern, startswith_pattern, text_problem
 from service.suggest import suggest, suggest_value
-
-if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
-    from service.riskdata.lists import ListSpec
 
 MAX_ABS_NUMBER = 1e15
 MAX_ARITHMETIC = 8

@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import durable_rules_engine
 
@@ -48,6 +48,7 @@ from service.errors import EvaluationError, SourceError, SourceProblem
 from service.pipeline.facts import FieldType, Scalar
 from service.pipeline.money import CNY
 from service.pipeline.outcome import order_reasons, outcome_of
+from service.riskdata.lists import ListSpec
 from service.rules.compiler import CompiledPlan, KindInputs, compile_ruleset, number_text
 from service.rules.loader import load_rules
 from service.rules.model import (
@@ -59,9 +60,6 @@ from service.rules.model import (
     format_value,
 )
 from service.rules.templates import AMOUNT, CURRENCY, ORIGINAL_AMOUNT, render
-
-if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
-    from service.riskdata.lists import ListSpec
 
 _LOCK = threading.Lock()
 _GENERATIONS = itertools.count(1)

@@ -26,12 +26,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from service.domain import EventKind, Outcome
 from service.errors import ConditionSyntaxError, SourceError, SourceProblem, TemplateError
 from service.pipeline.facts import FieldType
 from service.pipeline.outcome import Appeal, Language
+from service.riskdata.lists import ListSpec
 from service.rules import expr as ast
 from service.rules.check import check_condition
 from service.rules.compiler import MAX_MESSAGE_VALUES, MAX_TESTS_PER_SHARD, values_read_on
@@ -50,9 +50,6 @@ from service.rules.model import (
 from service.rules.templates import AMOUNT, append_appeal, parse_template, render
 from service.suggest import suggest
 from service.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
-
-if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
-    from service.riskdata.lists import ListSpec
 
 RULES_SUFFIX = ".rules.yaml"
 CASES_SUFFIX = ".cases.yaml"

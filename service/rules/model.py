@@ -11,14 +11,12 @@ import enum
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
 from service.domain import EventKind, Outcome
 from service.pipeline.facts import ALL_KINDS, FieldType
 from service.pipeline.outcome import Appeal
-
-if TYPE_CHECKING:  # service.riskdata.lists imports this package (its YAML reader): no import at run time
-    from service.riskdata.lists import ListSpec
+from service.riskdata.lists import ListSpec
 
 
 class Mode(enum.StrEnum):

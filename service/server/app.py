@@ -63,7 +63,7 @@ from service.server.metrics import Metrics
 from service.server.reflection import enable_reflection
 from service.server.screening import SCREENING_SERVICE, ScreeningService
 from service.settings import FailPolicy, Settings
-from service.synth.stream import generate
+from service.synth import generate
 
 log = logging.getLogger("riskgate.server")
 
@@ -87,6 +87,18 @@ def warm_up_requests(now: datetime) -> list[pb.ScreenRequest]:
     return list(first.values())
 
 
+def risk_data_config(settings: Settings) -> RiskDataConfig:
+    """The risk-data store's configuration from the settings."""
+    return RiskDataConfig(
+        budget_seconds=settings.redis_budget_ms / 1000,
+        idempotency_ms=int(settings.idempotency_hours * 3600 * 1000),
+        log_maxlen=settings.decision_log_maxlen,
+        log_dedupe_seconds=settings.decision_log_dedupe_hours * 3600,
+        log_backlog_limit=settings.decision_log_backlog,
+        log_spool=settings.data_dir / "decision-log.spool",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Session:
     rules: ActiveRules
@@ -96,7 +108,16 @@ class _Session:
 class Server:
     """One serving process: gRPC server, health, metrics, rules, and its Redis connection."""
 
-    def __init__(self, settings: Settings, redis_url: str, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        clock: Clock | None = None,
+        *,
+        risk_config: RiskDataConfig | None = None,
+    ) -> None:
+        """`risk_config`: the risk-data store's configuration, when not `risk_data_config(settings)`
+        (benchmarks switch the store's variants with it)."""
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = Metrics()
@@ -107,14 +128,7 @@ class Server:
             client=self.redis,
             hasher=hasher_for(settings),
             clock=self.clock,
-            config=RiskDataConfig(
-                budget_seconds=settings.redis_budget_ms / 1000,
-                idempotency_ms=int(settings.idempotency_hours * 3600 * 1000),
-                log_maxlen=settings.decision_log_maxlen,
-                log_dedupe_seconds=settings.decision_log_dedupe_hours * 3600,
-                log_backlog_limit=settings.decision_log_backlog,
-                log_spool=settings.data_dir / "decision-log.spool",
-            ),
+            config=risk_config if risk_config is not None else risk_data_config(settings),
             max_future_skew_seconds=settings.max_future_skew_seconds,
             on_log_dropped=self.metrics.log_dropped.inc,
             on_log_unverified=self.metrics.log_unverified.inc,
@@ -366,9 +380,9 @@ class Server:
             )  # fmt: skip
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, *, risk_config: RiskDataConfig | None = None) -> None:
     """Serve until SIGTERM (drain, then stop) or SIGINT (stop), starting a private redis-server
-    unless one is configured."""
+    unless one is configured. `risk_config`: as for `Server`."""
     embedded: EmbeddedRedis | None = None
     redis_url = settings.redis_url
     if redis_url is None:
@@ -377,7 +391,7 @@ async def run(settings: Settings) -> None:
         redis_url = embedded.url
         log.info("embedded redis-server started", extra={"fields": {"data_dir": str(embedded.data_dir)}})
     try:
-        server = Server(settings, redis_url)
+        server = Server(settings, redis_url, risk_config=risk_config)
         signalled: list[signal.Signals] = []
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

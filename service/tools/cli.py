@@ -17,7 +17,7 @@ from service.errors import ConfigError, RiskgateError
 from service.server.access.identity import ClientCredentials
 from service.server.app import run
 from service.settings import SETTINGS, Settings
-from service.synth.stream import add_synth_command
+from service.synth import add_synth_command
 from service.tools import screen as screen_tool
 from service.tools.access import add_access_commands
 from service.tools.admin import add_admin_commands

@@ -1,4 +1,4 @@
-"""Tests for service.synth.stream: determinism, validity, proportions, and the shape of every planted pattern.
+"""Tests for service.synth: determinism, validity, proportions, and the shape of every planted pattern.
 
 The planted patterns are checked from the requests alone, the way a backtest sees them: the
 labels say which events belong together, the requests must then show what the label claims.
@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from service import domain
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.pipeline.validate import screen_request
-from service.synth.stream import (
+from service.synth import (
     EVENT_SHARES,
     MAX_DEFAULT_AGE,
     PATTERNS,

@@ -18,7 +18,7 @@ from service import domain
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.errors import ValidationError
 from service.pipeline.validate import DEFAULT_TIME_BOUNDS, screen_request
-from service.synth.stream import MAX_DEFAULT_AGE, add_synth_command, generate, stream_window, to_json_line, valid_until
+from service.synth import MAX_DEFAULT_AGE, add_synth_command, generate, stream_window, to_json_line, valid_until
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 DAY = timedelta(seconds=DEFAULT_TIME_BOUNDS.max_age_seconds)

@@ -62,7 +62,8 @@ from service.domain import EventKind
 from service.pipeline.facts import Scalar
 from service.redis.embedded import EmbeddedRedis, RedisOptions
 from service.redis.keys import KeyHasher
-from service.riskdata.counters.spec import CounterSpec, Filter, counters_to_update, load_counters
+from service.riskdata.counters.loader import load_counters
+from service.riskdata.counters.model import CounterSpec, Filter, counters_to_update
 from service.riskdata.counters.store import CounterStore
 
 REPO = Path(__file__).resolve().parent.parent

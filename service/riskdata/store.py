@@ -60,7 +60,7 @@ from service.logs import Throttled
 from service.pipeline.facts import Scalar
 from service.pipeline.screening import Observation
 from service.redis.keys import KeyHasher
-from service.riskdata.counters.spec import CounterSpec, Predicate, counters_to_update
+from service.riskdata.counters.model import CounterSpec, Predicate, counters_to_update
 from service.riskdata.counters.store import CounterPlan, CounterStore, RetractPlan
 from service.riskdata.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
 from service.riskdata.lists import ListSpec
@@ -115,6 +115,9 @@ class RiskDataConfig:
     log_dedupe_seconds: float = 3600.0
     log_backlog_limit: int = 200_000
     log_spool: Path | None = None  # None: unwritten entries are kept in memory only
+    # On a single Redis the claim rides the counter script's call (one round trip fewer); False
+    # claims in a round trip of its own, as on Redis Cluster (`benchmarks.experiments` measures it).
+    fold_claim: bool = True
 
 
 class CircuitBreaker:
@@ -305,6 +308,7 @@ class BoundRiskData:
         self._spec = counter_spec
         self._where = where
         self._lists = lists
+        self._folds_claim = store.config.fold_claim and counters.folds_claim
 
     async def observe(
         self,
@@ -320,7 +324,7 @@ class BoundRiskData:
         mark = store.attempt_mark(fingerprint)
         attempt = _Attempt(key, fingerprint, None)
         lookups, plan = self._plan(request, facts, ids, list_checks)
-        if self._counters.folds_claim:
+        if self._folds_claim:
             plan = self._counters.with_claim(plan, key=key.encode(), mark=mark, px=PENDING_CLAIM_MS)
         else:
             try:
@@ -350,7 +354,7 @@ class BoundRiskData:
         """Everything `observe` and `record` compute for `request`, without sending it: the warm-up
         before SERVING pays first-use costs here, and Redis is left as it was."""
         _, plan = self._plan(request, facts, ids, list_checks)
-        if self._counters.folds_claim:
+        if self._folds_claim:
             fingerprint = self._store.fingerprint(request)
             mark = self._store.attempt_mark(fingerprint)
             self._counters.with_claim(plan, key=b"warm-up", mark=mark, px=PENDING_CLAIM_MS)

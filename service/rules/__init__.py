@@ -6,7 +6,7 @@ Rule files
 A rules directory holds rule files, named `*.rules.yaml` (found recursively,
 hidden files skipped, read in order of their relative path), their test
 cases, `*.cases.yaml`, the velocity counters rules read (`counters.yaml`,
-service.riskdata.counters.spec) and the watchlists they look up (`lists.yaml`,
+service.riskdata.counters.loader) and the watchlists they look up (`lists.yaml`,
 service.riskdata.lists). All rule files of a directory form one ruleset, checked
 against that directory's counters and lists (service.rules.directory); the
 server serves and hot-reloads the whole directory as one unit

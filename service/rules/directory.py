@@ -3,7 +3,7 @@
     rules/
       openings.rules.yaml       rules (service.rules.loader)
       openings.cases.yaml       their test cases (service.rules.cases)
-      counters.yaml             velocity counters (service.riskdata.counters.spec); their `where` filters
+      counters.yaml             velocity counters (service.riskdata.counters.loader); their `where` filters
                                 are checked here with the rules language (service.rules.filters)
       lists.yaml                watchlists (service.riskdata.lists)
       rates.yaml                exchange rates into CNY (service.rules.rates, service.pipeline.money)
@@ -31,7 +31,8 @@ from pathlib import Path
 
 from service.errors import ContentChanged, SourceError, SourceProblem
 from service.pipeline.money import CNY_ONLY, ExchangeRates
-from service.riskdata.counters.spec import CounterSpec, parse_counters
+from service.riskdata.counters.loader import parse_counters
+from service.riskdata.counters.model import CounterSpec
 from service.riskdata.lists import LISTS_FILE, ListSpec, load_lists
 from service.rules.filters import CounterFilters, compile_filters
 from service.rules.loader import RULES_SUFFIX, SourceText, find_files, load_sources, read_source

@@ -1,7 +1,7 @@
 """Counter `where` filters: checked with the rules language, evaluated as small Python closures.
 
 A counter's `where` (rules/counters.yaml, kept as text by
-`service.riskdata.counters.spec.Filter`) is a condition in the same language as a
+`service.riskdata.counters.model.Filter`) is a condition in the same language as a
 rule's `when`, restricted to request fields: no counters (they are what is
 being updated) and no lists. It is parsed and type-checked by the same code
 as rules (`service.rules.check`), for every event kind it applies to, and
@@ -12,7 +12,7 @@ unknown, and an event is counted only when the filter is *true* (unknown is
 not counted), exactly as a rule fires only when its condition is true.
 
 Why closures and not durable_rules: a filter is asked per counter per
-request (`service.riskdata.counters.spec.counters_to_update` calls the predicate once
+request (`service.riskdata.counters.model.counters_to_update` calls the predicate once
 for each counter with a `where`), and the closure tree answers in well under
 a microsecond, while one durable evaluation of every filter costs tens of
 microseconds (durable's per-fact overhead plus JSON encoding);
@@ -57,7 +57,7 @@ from service.rules.model import (
 )
 
 if TYPE_CHECKING:
-    from service.riskdata.counters.spec import CounterSpec, Filter
+    from service.riskdata.counters.model import CounterSpec, Filter
 
 Facts = Mapping[str, Scalar]
 # A compiled condition: True, False, or None for unknown.
@@ -284,7 +284,7 @@ def _match(condition: Match) -> Tri:
 
 
 class CounterFilters:
-    """The compiled `where` of every counter in a CounterSpec: a `service.riskdata.counters.spec.Predicate`.
+    """The compiled `where` of every counter in a CounterSpec: a `service.riskdata.counters.model.Predicate`.
 
     `filters(condition, facts)` is True when the event should be counted
     (the condition is true; unknown and false are not counted).

@@ -50,7 +50,7 @@ from service.domain import EventKind, Reason
 from service.errors import ContentChanged, EvaluationError, RiskgateError, SourceError
 from service.pipeline.facts import Scalar
 from service.pipeline.money import CNY_ONLY, ExchangeRates
-from service.riskdata.counters.spec import CounterSpec
+from service.riskdata.counters.model import CounterSpec
 from service.riskdata.lists import ListSpec
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import DirectoryTexts, RulesDirectory, load_texts, read_directory, stat_signature
@@ -71,7 +71,7 @@ T = TypeVar("T")
 class ActiveRules:
     """Everything a request needs from the rules directory, from one consistent set of files.
 
-    `where` is the counters' filter predicate (`service.riskdata.counters.spec.Predicate`)
+    `where` is the counters' filter predicate (`service.riskdata.counters.model.Predicate`)
     for `counter_spec`; `lists` the watchlists the rules may look up; `rates`
     what a transfer in another currency is in CNY. `revision`, `rates`,
     `list_checks` and `evaluate` make it a `service.pipeline.screening.RuleEvaluator`.

@@ -1,4 +1,4 @@
-"""Velocity counters: declared in YAML (spec), kept in Redis (store), window arithmetic in Numba (kernels).
+"""Velocity counters: declared in YAML (loader -> model), kept in Redis (store), window arithmetic in Numba (kernels).
 
 Public API::
 
@@ -14,7 +14,9 @@ Public API::
 """
 
 from service.redis.keys import KeyHasher, field_domain
-from service.riskdata.counters.spec import (
+from service.redis.pipeline import DirectPipeline
+from service.riskdata.counters.loader import load_counters, parse_counters
+from service.riskdata.counters.model import (
     Aggregate,
     Counter,
     CounterSpec,
@@ -25,10 +27,8 @@ from service.riskdata.counters.spec import (
     ValueInfo,
     Window,
     counters_to_update,
-    load_counters,
-    parse_counters,
 )
-from service.riskdata.counters.store import CounterPlan, CounterStore, DirectPipeline, RetractPlan
+from service.riskdata.counters.store import CounterPlan, CounterStore, RetractPlan
 
 __all__ = [
     "Aggregate",

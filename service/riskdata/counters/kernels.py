@@ -2,7 +2,7 @@
 
 Every kernel is `@njit(cache=True)` and keeps its plain-Python twin as
 `kernel.py_func`; the unit tests run both on random input and require equal
-results. The semantics they implement are stated in `service.riskdata.counters.spec`.
+results. The semantics they implement are stated in `service.riskdata.counters.loader`.
 
 Online, the state lives in Redis, so `lua/observe.lua` performs the same
 steps there (bucket = floor(t / g), ring slots, running totals, the window

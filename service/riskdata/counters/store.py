@@ -13,13 +13,14 @@ trip per screening::
     values = store.read(plan, mine)                     # raises StoreUnavailable on error replies
 
 `observe()` does exactly that for the counters alone. On a single Redis,
-`store.pipeline()` is a `DirectPipeline`: commands packed when queued, sent
-and read on the client's multiplexed connection (`service.redis.mux`: one per
-process, concurrent requests' commands written together, no pool checkout, no
-task per send), the same round trip as a redis-py pipeline for a fraction of
-its CPU; `observe()` uses the same path. Where the multiplexer does not apply
-(TLS, RESP3) on connections held from the client's pool. On Redis Cluster it
-is the client's own pipeline.
+`store.pipeline()` is a `DirectPipeline` (`service.redis.pipeline`): commands
+packed when queued, sent and read on the client's multiplexed connection
+(`service.redis.mux`: one per process, concurrent requests' commands written
+together, no pool checkout, no task per send), the same round trip as a
+redis-py pipeline for a fraction of its CPU; `observe()` uses the same path.
+Where the multiplexer does not apply (TLS, RESP3) on connections held from
+the client's pool (`service.redis.pipeline.HeldConnections`). On Redis
+Cluster it is the client's own pipeline.
 
 NOSCRIPT. After a restart, a failover or SCRIPT FLUSH, a call answers
 NOSCRIPT and has not run. `retry_noscript(plan, replies)` returns `replies`
@@ -39,7 +40,7 @@ the caller claims in a round trip of its own first.
 Active counts and blocked openings: `prepare_retract(plan, token=...)`
 gives the undo of the event's increments of `decrement_on` counters, which
 the caller queues (`queue_retract`) in its post-decision pipeline when the
-outcome is BLOCK; semantics in `service.riskdata.counters.spec`.
+outcome is BLOCK; semantics in `service.riskdata.counters.loader`.
 
 How calls are formed. Each entity (the hashed key values) has one hash
 `rg:c2:{E}` holding all its count, sum and idle_days counters and the small
@@ -89,11 +90,9 @@ caller's budget decide.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import math
 import struct
-import weakref
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,15 +102,16 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.domain import EventKind
 from service.errors import StoreUnavailable, Unsupported
 from service.pipeline.facts import FIELDS, FieldType, Scalar
 from service.redis.keys import KeyHasher, counter_tag, field_domain
-from service.redis.mux import Multiplexer, pack_command
+from service.redis.mux import Multiplexer
+from service.redis.pipeline import DirectPipeline, HeldConnections, held_connections
 from service.riskdata.counters.kernels import DEFAULT_FUTURE_SKEW_SECONDS, ttl_seconds
-from service.riskdata.counters.spec import Aggregate, Counter, CounterSpec, Key
+from service.riskdata.counters.model import Aggregate, Counter, CounterSpec, Key
 
 TEMPLATE = (Path(__file__).parent / "lua" / "observe.lua").read_text(encoding="utf-8")
 _PROGRAMS_MARK = "--@programs\n"
@@ -315,66 +315,6 @@ def _undo_segment(ops: list[_Op], mark: str, numbers: dict[tuple[_Item, ...], in
     return _numbered(ops, items, "<" + "q" * len(ops), tuple(op.all_name for op in ops), numbers)
 
 
-class _Held:
-    """Connections of one client's pool that direct exchanges keep for themselves.
-
-    redis-py's per-call costs are its pool (a lock, observability hooks) and, with a
-    socket_timeout, a task per send (`asyncio.wait_for`) and a timeout per read. A held connection
-    runs without socket_timeout; `exchange` bounds the whole exchange by it instead. A connection
-    interrupted mid-exchange (timeout, error, cancellation) is disconnected, since its stream may
-    hold unread replies, and reconnects when next used. The pool still owns the connections:
-    closing the client closes them.
-    """
-
-    def __init__(self, pool: Any) -> None:
-        # no reference to the pool itself: it is the key of its entry in _HELD (a weak one)
-        self.timeout: float | None = pool.connection_kwargs.get("socket_timeout")
-        self.taken: list[Any] = []
-        self.idle: list[Any] = []
-
-    async def exchange(self, pool: Any, packed: bytes, count: int) -> list[Any]:
-        connection = self.idle.pop() if self.idle else await self._take(pool)
-        try:
-            async with asyncio.timeout(self.timeout):
-                await connection.send_packed_command(packed, check_health=False)
-                replies: list[Any] = []
-                for _ in range(count):
-                    try:
-                        replies.append(await connection.read_response(timeout=math.inf))
-                    except ResponseError as error:
-                        replies.append(error)
-        except BaseException:
-            await connection.disconnect(nowait=True)
-            self.idle.append(connection)
-            raise
-        self.idle.append(connection)
-        return replies
-
-    async def _take(self, pool: Any) -> Any:
-        connection = await pool.get_connection()
-        connection.socket_timeout = None  # see the class's doc; restored by release()
-        self.taken.append(connection)
-        return connection
-
-    async def release(self, pool: Any) -> None:
-        taken, self.taken, self.idle = self.taken, [], []
-        for connection in taken:
-            connection.socket_timeout = self.timeout
-            await pool.release(connection)
-
-
-_HELD: weakref.WeakKeyDictionary[Any, _Held] = weakref.WeakKeyDictionary()
-
-
-def _held(client: Redis) -> _Held:
-    """The held connections of `client`'s pool (one set per pool, whatever the stores)."""
-    pool = client.connection_pool
-    held = _HELD.get(pool)
-    if held is None:
-        held = _HELD[pool] = _Held(pool)
-    return held
-
-
 class CounterStore:
     """Declared counters over redis.asyncio (a `Redis` or a `RedisCluster`)."""
 
@@ -395,14 +335,14 @@ class CounterStore:
         # A single Redis: exchanges ride the client's multiplexed connection (`service.redis.mux`);
         # where it does not apply (TLS, RESP3), connections held from the client's pool.
         self._mux: Multiplexer | None = None
-        self._held: _Held | None = None
+        self._held: HeldConnections | None = None
         self._encode_other: Any = None  # what a DirectPipeline packs arguments other than bytes, str, int with
         if isinstance(client, Redis):
             self._encode_other = client.get_encoder().encode  # type: ignore[no-untyped-call]  # a new Encoder per call
             try:
                 self._mux = Multiplexer.for_client(client)
             except Unsupported:
-                self._held = _held(client)
+                self._held = held_connections(client)
         self._hasher = hasher
         self._key_prefix = f"{hasher.prefix}:c2:{{".encode()
         self._skew = math.ceil(max_future_skew_seconds)
@@ -751,7 +691,7 @@ class CounterStore:
         Cluster the client's own pipeline."""
         if isinstance(self._client, RedisCluster):
             return self._client.pipeline(transaction=False)
-        return DirectPipeline(self)
+        return DirectPipeline(self._exchange, self._encode_other)
 
     async def aclose(self) -> None:
         """Give the connections held for direct exchanges back to the client's pool. They are
@@ -783,51 +723,3 @@ class CounterStore:
             chunks.append(segment.resp_program)
             chunks.append(_bulk(values))
         return b"".join(chunks)
-
-
-class DirectPipeline:
-    """The round trip of a redis-py pipeline on a single Redis, for a fraction of its CPU.
-
-    Commands are packed when queued and sent on the client's multiplexed connection, or a held
-    one (see `CounterStore._exchange`). Replies come as the server sends them, through hiredis
-    (redis-py's error classes): redis-py's response callbacks are not applied (HMGET, GET,
-    EVAL/EVALSHA and XADD read the same; SET gives b'OK' rather than True). Error replies are
-    returned as exception objects with `execute(raise_on_error=False)`, else the first is raised.
-    """
-
-    __slots__ = ("_chunks", "_count", "_store")
-
-    def __init__(self, store: CounterStore) -> None:
-        self._store = store
-        assert isinstance(store._client, Redis)
-        self._chunks: list[bytes] = []
-        self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
-
-    def append_packed(self, packed: bytes, count: int) -> None:
-        """Queue `count` commands already in RESP."""
-        self._chunks.append(packed)
-        self._count += count
-
-    def execute_command(self, *args: Any) -> DirectPipeline:
-        self.append_packed(pack_command(args, self._store._encode_other), 1)
-        return self
-
-    def hmget(self, name: Any, keys: Any, *args: Any) -> DirectPipeline:
-        fields = [keys] if isinstance(keys, (str, bytes)) else list(keys)
-        return self.execute_command("HMGET", name, *fields, *args)
-
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        """Send everything queued in one write, read every reply; the pipeline is then empty."""
-        chunks, count = self._chunks, self._count
-        self._chunks, self._count = [], 0
-        if not count:
-            return []
-        replies = await self._store._exchange(b"".join(chunks), count)
-        if raise_on_error:
-            for reply in replies:
-                if isinstance(reply, BaseException):
-                    raise reply
-        return replies

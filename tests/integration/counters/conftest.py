@@ -12,7 +12,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.redis.keys import KeyHasher
-from service.riskdata.counters.spec import CounterSpec, load_counters, parse_counters
+from service.riskdata.counters.loader import load_counters, parse_counters
+from service.riskdata.counters.model import CounterSpec
 from service.riskdata.counters.store import CounterStore
 
 REPO = Path(__file__).resolve().parents[3]

@@ -22,7 +22,7 @@ from service.domain import (
     TransferChannel,
 )
 from service.pipeline.facts import Scalar, facts, identifiers
-from service.riskdata.counters.spec import CounterSpec, Filter, counters_to_update
+from service.riskdata.counters.model import CounterSpec, Filter, counters_to_update
 from service.riskdata.counters.store import CounterStore
 
 _NAME = re.compile(r"\b[a-z_]+(?:\.[a-z_]+)+\b|\blocal_hour\b")

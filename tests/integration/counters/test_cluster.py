@@ -12,7 +12,8 @@ from redis.backoff import NoBackoff
 
 from service.domain import EventKind
 from service.redis.keys import KeyHasher
-from service.riskdata.counters.spec import CounterSpec, parse_counters
+from service.riskdata.counters.loader import parse_counters
+from service.riskdata.counters.model import CounterSpec
 from service.riskdata.counters.store import CounterStore
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, screen, transfer

@@ -18,7 +18,8 @@ from service.errors import StoreUnavailable
 from service.redis.embedded import EmbeddedRedis, RedisOptions, free_port
 from service.redis.keys import KeyHasher, counter_tag
 from service.redis.mux import Multiplexer
-from service.riskdata.counters.spec import Counter, CounterSpec, parse_counters
+from service.riskdata.counters.loader import parse_counters
+from service.riskdata.counters.model import Counter, CounterSpec
 from service.riskdata.counters.store import CounterStore
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, screen, sim_closure, sim_sale, transfer

@@ -24,8 +24,10 @@ from service.pipeline.facts import facts, identifiers
 from service.redis.embedded import EmbeddedRedis, RedisOptions
 from service.redis.keys import KeyHasher
 from service.redis.mux import Multiplexer
-from service.riskdata.counters.spec import CounterSpec, counters_to_update, parse_counters
-from service.riskdata.counters.store import CounterPlan, CounterStore, DirectPipeline
+from service.redis.pipeline import DirectPipeline
+from service.riskdata.counters.loader import parse_counters
+from service.riskdata.counters.model import CounterSpec, counters_to_update
+from service.riskdata.counters.store import CounterPlan, CounterStore
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import opening, transfer, where
 

@@ -10,7 +10,7 @@ import pytest
 
 from service.domain import EventKind
 from service.riskdata.counters import kernels as kn
-from service.riskdata.counters.spec import CounterSpec
+from service.riskdata.counters.model import CounterSpec
 from service.riskdata.counters.store import CounterStore
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from redis.backoff import NoBackoff
 from service.domain import AccountClass, Carrier, ScreenRequest
 from service.pipeline.facts import facts, identifiers
 from service.redis.keys import KeyHasher
-from service.riskdata.counters.spec import CounterSpec, counters_to_update
+from service.riskdata.counters.model import CounterSpec, counters_to_update
 from service.riskdata.counters.store import CounterPlan, CounterStore
 from tests.integration.counters.conftest import SECRET
 from tests.integration.counters.events import account_closure, opening, screen, sim_closure, sim_sale, transfer, where

@@ -10,7 +10,7 @@ import redis
 
 from service.domain import AccountClass, Carrier, EventKind
 from service.redis.keys import counter_tag
-from service.riskdata.counters.spec import CounterSpec
+from service.riskdata.counters.model import CounterSpec
 from service.riskdata.counters.store import CounterStore
 from tests.integration.counters.events import (
     account_closure,

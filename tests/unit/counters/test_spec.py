@@ -10,14 +10,8 @@ import pytest
 from service.domain import EventKind
 from service.errors import SourceError
 from service.pipeline.facts import FIELDS, Scalar
-from service.riskdata.counters.spec import (
-    Aggregate,
-    CounterSpec,
-    Filter,
-    counters_to_update,
-    load_counters,
-    parse_counters,
-)
+from service.riskdata.counters.loader import load_counters, parse_counters
+from service.riskdata.counters.model import Aggregate, CounterSpec, Filter, counters_to_update
 
 REPO = Path(__file__).resolve().parents[3]
 FIXTURES = REPO / "tests" / "fixtures" / "counters"
@@ -119,6 +113,25 @@ BAD: dict[str, list[tuple[int, str]]] = {
             "which is kept for the same kind of entity (account); rename one of them",
         )
     ],
+    # the strict reader of rule files (service.yamlsrc): a value is what YAML 1.2's core schema says
+    "strict_undo_on_block_quoted": [(7, "counter 'pair_payments': undo_on_block must be true or false, got 'true'")],
+    "strict_undo_on_block_yes": [(7, "counter 'pair_payments': undo_on_block must be true or false, got 'yes'")],
+    "strict_exact_up_to_quoted": [(7, "counter 'banks': exact_up_to must be a whole number from 1 to 10000, got '64'")],
+    "strict_exact_up_to_leading_zero": [
+        (7, "counter 'banks': exact_up_to must be a whole number from 1 to 10000, got '064'")
+    ],
+    "strict_name_not_text": [(2, "counter #1: 'name' must be a string, got true")],
+    "strict_description_not_text": [(3, "counter 'banks': 'description' must be a string, got 42")],
+    "strict_where_not_text": [
+        (
+            7,
+            "counter 'night': 'where' must be a condition string or a mapping of event kind to condition, got true",
+        ),
+        (14, "counter 'late': where for transfer must be a condition string, got 5"),
+    ],
+    "strict_yaml_tag": [(3, "unsupported YAML tag !label")],
+    "strict_key_not_text": [(8, "mapping keys must be plain strings")],
+    "strict_two_documents": [(8, "only one YAML document per file")],
 }
 
 
@@ -369,3 +382,27 @@ counters:
         "c.yaml",
     )
     assert [c.name for c in spec.counters] == ["sends_45", "sends_168"]
+
+
+def test_yaml_1_1_lookalikes_are_strings_and_numbers_plain_decimals() -> None:
+    # `on:` is the key "on", `yes` and `off` are words, 1_000 is a thousand: as in rule files
+    text = """counters:
+  - name: yes
+    description: off
+    on: card_opening
+    key: person.id_number
+    aggregate: distinct(outlet.institution_id)
+    windows: [30d]
+    exact_up_to: 1_000
+  - name: pair
+    on: transfer
+    key: [transfer.payer_account, transfer.payee_account]
+    aggregate: count
+    windows: [all]
+    undo_on_block: false
+"""
+    spec = parse_counters(text, "y.yaml")
+    assert spec.counter("yes").description == "off"
+    assert spec.counter("yes").on == {K}
+    assert spec.counter("yes").exact_up_to == 1000
+    assert spec.counter("pair").undo_on_block is False

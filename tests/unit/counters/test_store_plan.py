@@ -11,8 +11,9 @@ from redis.asyncio.connection import Connection
 
 from service.domain import EventKind
 from service.redis.keys import KeyHasher, counter_tag
-from service.riskdata.counters.spec import load_counters, parse_counters
-from service.riskdata.counters.store import CounterStore, DirectPipeline
+from service.redis.pipeline import DirectPipeline
+from service.riskdata.counters.loader import load_counters, parse_counters
+from service.riskdata.counters.store import CounterStore
 
 REPO = Path(__file__).resolve().parents[3]
 SECRET = bytes(range(32))

@@ -10,7 +10,7 @@ import pytest
 from service.domain import EventKind
 from service.errors import SourceError
 from service.redis.keys import KeyHasher
-from service.riskdata.counters.spec import parse_counters
+from service.riskdata.counters.loader import parse_counters
 from service.riskdata.counters.store import CounterPlan, CounterStore
 
 PAIR = """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,8 @@ from hypothesis import strategies as st
 from service.domain import EventKind
 from service.errors import EvaluationError, SourceError
 from service.pipeline.facts import FieldType, Scalar
-from service.riskdata.counters.spec import Filter, Predicate, counters_to_update, load_counters, parse_counters
+from service.riskdata.counters.loader import load_counters, parse_counters
+from service.riskdata.counters.model import Filter, Predicate, counters_to_update
 from service.rules.check import collect_reads
 from service.rules.filters import CounterFilters, compile_condition, compile_filters
 from service.rules.model import (
@@ -44,6 +46,29 @@ def test_the_shipped_counters_filters_compile() -> None:
     spec = load_counters(SHIPPED)
     filters = compile_filters(spec)
     assert len(filters) == sum(len({f for _, f in c.where}) for c in spec.counters) > 0
+
+
+def test_the_shipped_filters_choose_the_counters_the_reference_evaluator_does() -> None:
+    """Random events of every kind: `counters_to_update` through the closures counts exactly the
+    counters whose `where` the reference evaluator finds true (each filter seen true and false)."""
+    spec = load_counters(SHIPPED)
+    closures = compile_filters(spec)
+
+    def reference(condition: Filter, facts: Mapping[str, Scalar]) -> bool:
+        return evaluate(closures.conditions[condition], facts) is True
+
+    seen: dict[Filter, set[bool]] = {condition: set() for condition in closures.conditions}
+    rng = random.Random(11)
+    for kind in EventKind:
+        for _ in range(1_000):
+            facts, _, _ = random_request(rng, kind=kind)
+            expected = counters_to_update(spec, kind, facts, reference)
+            assert counters_to_update(spec, kind, facts, closures) == expected, (kind, facts)
+            for counter in spec.counters:
+                condition = counter.where_for(kind)
+                if condition is not None:
+                    seen[condition].add(closures(condition, facts))
+    assert all(outcomes == {True, False} for outcomes in seen.values()), seen
 
 
 def test_broken_filters_are_reported_with_file_line_and_counter(monkeypatch: pytest.MonkeyPatch) -> None:

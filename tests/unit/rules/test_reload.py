@@ -13,7 +13,7 @@ import pytest
 from service.domain import EventKind
 from service.errors import EvaluationError, SourceError
 from service.pipeline.screening import RuleEvaluator
-from service.riskdata.counters.spec import Predicate, counters_to_update
+from service.riskdata.counters.model import Predicate, counters_to_update
 from service.rules import reload as reload_module
 from service.rules.directory import RulesDirectory
 from service.rules.reload import ActiveRules, ReloadResult, RulesManager

@@ -1,4 +1,4 @@
-"""Declared velocity counters: the counter file, its exact semantics, and its loader.
+"""The counter file: its format, the exact meaning of its values, and its loader (into `model`).
 
 The counter file
 ================
@@ -70,6 +70,13 @@ Keys of a declaration (anything else is an error):
 ``retain``
     ``Nd`` (1d..3650d, default 400d): how long an all-time or idle_days
     counter is kept after its entity's last update. Idle entities vanish.
+
+The file is read by the strict reader of rule files (`service.yamlsrc`): only
+``true`` / ``false`` are booleans, numbers are plain decimals, and duplicate
+keys, several documents, unknown tags and keys that are not strings are
+errors. Texts (``name``, ``description``, ``where``) must be strings,
+``exact_up_to`` a whole number and ``undo_on_block`` a boolean: ``"64"``,
+``yes`` or ``"true"`` are refused with ``file:line: problem``.
 
 Semantics
 =========
@@ -165,30 +172,36 @@ Semantics
 
 from __future__ import annotations
 
-import enum
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from service.domain import EventKind
 from service.errors import SourceError, SourceProblem
-from service.pipeline.facts import FIELDS, FieldType, Scalar
+from service.pipeline.facts import FIELDS, FieldType
 from service.redis.keys import counter_tag, field_domain
 from service.riskdata.counters.kernels import LADDER, granularity_for
+from service.riskdata.counters.model import (
+    ALL,
+    DEFAULT_EXACT_UP_TO,
+    DEFAULT_RETAIN_DAYS,
+    MAX_BUCKETS,
+    MAX_EXACT_UP_TO,
+    MAX_RETAIN_DAYS,
+    MAX_WINDOW_SECONDS,
+    MAX_WINDOWS,
+    Aggregate,
+    Counter,
+    CounterSpec,
+    Filter,
+    Key,
+    ReadAs,
+    ValueInfo,
+    Window,
+    duration_label,
+)
 from service.suggest import did_you_mean
-
-MAX_WINDOW_SECONDS = 180 * 86400
-MAX_BUCKETS = 200
-MAX_WINDOWS = 8
-DEFAULT_EXACT_UP_TO = 64
-MAX_EXACT_UP_TO = 10_000
-DEFAULT_RETAIN_DAYS = 400
-MAX_RETAIN_DAYS = 3650
-ALL = "all"
+from service.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 
 _KIND_ORDER = {kind: index for index, kind in enumerate(EventKind)}
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
@@ -214,166 +227,6 @@ _COUNTER_KEYS = (
 _READ_AS_KEYS = ("name", "key", "read_on", "description")
 
 
-class Aggregate(enum.StrEnum):
-    COUNT = "count"
-    SUM = "sum"
-    DISTINCT = "distinct"
-    IDLE_DAYS = "idle_days"
-
-
-def _duration_label(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """One window of a counter: `label` as written ('30m', '24h', 'all')."""
-
-    label: str
-    seconds: int  # 0 for all-time
-    granularity: int  # bucket width in seconds; 0 for all-time
-
-    @property
-    def all_time(self) -> bool:
-        return self.seconds == 0
-
-    @property
-    def buckets(self) -> int:
-        return self.seconds // self.granularity if self.granularity else 0
-
-    @property
-    def error_bound(self) -> str:
-        """The most the window can lag: one bucket ('1m'), or '0' for all-time."""
-        return _duration_label(self.granularity) if self.granularity else "0"
-
-
-@dataclass(frozen=True, slots=True)
-class Filter:
-    """A counter's `where` condition, kept as text for the rules layer to compile."""
-
-    text: str
-    file: str
-    line: int
-
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    """The entity a counter is kept per: its key fields on each event kind that has them."""
-
-    domains: tuple[str, ...]  # hashing domain per position, e.g. ('id_number', 'carrier')
-    by_kind: tuple[tuple[EventKind, tuple[str, ...]], ...]
-
-    def fields(self, kind: EventKind) -> tuple[str, ...] | None:
-        for k, fields in self.by_kind:
-            if k is kind:
-                return fields
-        return None
-
-    @property
-    def kinds(self) -> frozenset[EventKind]:
-        return frozenset(k for k, _ in self.by_kind)
-
-
-@dataclass(frozen=True, slots=True)
-class ReadAs:
-    """Another name under which a counter is read for another key of the same kind of entity."""
-
-    name: str
-    key: Key
-    read_on: frozenset[EventKind]
-    description: str
-    line: int
-
-
-@dataclass(frozen=True, slots=True)
-class Counter:
-    name: str
-    description: str
-    on: frozenset[EventKind]
-    decrement_on: frozenset[EventKind]
-    key: Key
-    aggregate: Aggregate
-    field: str | None  # the sum() or distinct() field
-    windows: tuple[Window, ...]  # as declared
-    where: tuple[tuple[EventKind, Filter], ...]
-    read_as: tuple[ReadAs, ...]
-    read_on: frozenset[EventKind]
-    exact_up_to: int
-    retain_seconds: int
-    file: str
-    line: int
-    undo_on_block: bool = False  # a BLOCKed event's increment is taken back (it did not happen)
-
-    def where_for(self, kind: EventKind) -> Filter | None:
-        for k, condition in self.where:
-            if k is kind:
-                return condition
-        return None
-
-    def names(self, prefix: str | None = None) -> tuple[str, ...]:
-        """`{prefix}_{window}` for each window, in declared order (prefix: the counter's name)."""
-        base = self.name if prefix is None else prefix
-        return tuple(f"{base}_{w.label}" for w in self.windows)
-
-    def value_names(self) -> frozenset[str]:
-        """Every name this counter is read by, its read_as names included."""
-        names = set(self.names())
-        for alias in self.read_as:
-            names.update(self.names(alias.name))
-        return frozenset(names)
-
-
-@dataclass(frozen=True, slots=True)
-class ValueInfo:
-    """One readable value: `banks_30d` is window 30d of counter `banks`."""
-
-    name: str
-    counter: str
-    window: Window
-    kinds: frozenset[EventKind]  # the event kinds that can read it
-    description: str
-
-
-@dataclass(frozen=True, slots=True)
-class CounterSpec:
-    counters: tuple[Counter, ...]
-    values: tuple[ValueInfo, ...]
-    file: str
-
-    def value_names(self, kind: EventKind | None = None) -> frozenset[str]:
-        """Every readable value name, or those an event of `kind` can read."""
-        return frozenset(v.name for v in self.values if kind is None or kind in v.kinds)
-
-    def value_info(self) -> dict[str, ValueInfo]:
-        return {v.name: v for v in self.values}
-
-    def counter(self, name: str) -> Counter:
-        for counter in self.counters:
-            if counter.name == name:
-                return counter
-        raise KeyError(name)
-
-
-Predicate = Callable[[Filter, Mapping[str, Scalar]], bool]
-
-
-def counters_to_update(
-    spec: CounterSpec, kind: EventKind, facts: Mapping[str, Scalar], predicate: Predicate
-) -> frozenset[str]:
-    """Names of the counters an event updates (or decrements): its kind is in `on`/`decrement_on`
-    and the counter's `where` for that kind, if any, holds for its facts."""
-    names: list[str] = []
-    for counter in spec.counters:
-        if kind in counter.on or kind in counter.decrement_on:
-            condition = counter.where_for(kind)
-            if condition is None or predicate(condition, facts):
-                names.append(counter.name)
-    return frozenset(names)
-
-
 def load_counters(path: Path | str) -> CounterSpec:
     """Load and check a counter file; raises SourceError listing every problem as `file:line: problem`."""
     file = str(path)
@@ -388,35 +241,23 @@ def parse_counters(text: str, file: str) -> CounterSpec:
     return _Loader(file).load(text)
 
 
-# --------------------------------------------------------------------- YAML
+def _line(node: YNode) -> int:
+    """The line a problem with `node` is reported on (a block scalar's: its text's first line)."""
+    return node.text_line if isinstance(node, YScalar) else node.line
 
 
-@dataclass(frozen=True, slots=True)
-class _Scalar:
-    text: str
-    line: int
-    null: bool
+def _word(node: YScalar) -> str:
+    """A scalar where a word is expected (an event kind, a field, a window, an aggregate).
 
-
-@dataclass(frozen=True, slots=True)
-class _Seq:
-    items: tuple[_Node, ...]
-    line: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Map:
-    items: tuple[tuple[str, int, _Node], ...]  # key, key line, value
-    line: int
-
-    def get(self, key: str) -> _Node | None:
-        for k, _, value in self.items:
-            if k == key:
-                return value
-        return None
-
-
-_Node = _Scalar | _Seq | _Map
+    No word is a number or a boolean, so such a scalar is refused by the check of the word
+    itself, which names it as written (near enough: `50_000` shows as 50000).
+    """
+    value = node.value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _kinds_text(kinds: Iterable[EventKind]) -> str:
@@ -436,62 +277,24 @@ class _Loader:
     def problem(self, line: int, text: str) -> None:
         self.problems.append(SourceProblem(self.file, line, self.where + text))
 
-    # ---------------------------------------------------------------- tree
-
-    def tree(self, node: Node) -> _Node:
-        line = node.start_mark.line + 1
-        if isinstance(node, ScalarNode):
-            if node.style in ("|", ">"):
-                line += 1
-            null = node.style is None and node.value in ("", "~", "null", "Null", "NULL")
-            return _Scalar(node.value, line, null)
-        if isinstance(node, SequenceNode):
-            return _Seq(tuple(self.tree(item) for item in node.value), line)
-        if isinstance(node, MappingNode):
-            items: list[tuple[str, int, _Node]] = []
-            seen: dict[str, int] = {}
-            for key_node, value_node in node.value:
-                key_line = key_node.start_mark.line + 1
-                if not isinstance(key_node, ScalarNode):
-                    self.problem(key_line, "mapping keys must be plain strings")
-                    continue
-                key = key_node.value
-                if key in seen:
-                    self.problem(key_line, f"duplicate key '{key}' (first at line {seen[key]})")
-                    continue
-                seen[key] = key_line
-                items.append((key, key_line, self.tree(value_node)))
-            return _Map(tuple(items), line)
-        raise TypeError(f"unexpected YAML node {node!r}")  # pragma: no cover - compose yields only these
-
     def load(self, text: str) -> CounterSpec:
-        try:
-            documents = [d for d in yaml.compose_all(text, Loader=yaml.SafeLoader) if d is not None]
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = mark.line + 1 if mark is not None else 1
-            raise SourceError(
-                [SourceProblem(self.file, line, f"YAML syntax error: {exc.problem or exc.context}")]
-            ) from None
-        except yaml.YAMLError as exc:
-            raise SourceError([SourceProblem(self.file, 1, f"YAML syntax error: {exc}")]) from None
-        if len(documents) > 1:
-            line = documents[1].start_mark.line + 1
-            raise SourceError([SourceProblem(self.file, line, "only one YAML document per file")])
-        root = self.tree(documents[0]) if documents else None
+        root, problems = parse_yaml(text, self.file)
+        if root is None and problems:  # a syntax error, or several documents
+            raise SourceError(problems)
+        self.problems += problems  # duplicate keys, keys that are not strings, unknown tags
         counters: list[Counter] = []
-        if not isinstance(root, _Map):
-            line = root.line if root is not None else 1
+        if not isinstance(root, YMap):
+            line = _line(root) if root is not None else 1
             self.problem(line, "expected a mapping with a 'counters' list")
         else:
-            for key, key_line, _ in root.items:
-                if key != "counters":
-                    self.problem(key_line, f"unknown key '{key}'{did_you_mean(key, ['counters'])}")
+            for key, _ in root.items:
+                if key.value != "counters":
+                    self.problem(key.line, f"unknown key '{key.value}'{did_you_mean(str(key.value), ['counters'])}")
             items = root.get("counters")
             if items is None:
                 self.problem(root.line, "missing 'counters'")
-            elif not isinstance(items, _Seq):
-                self.problem(items.line, "'counters' must be a list of counter declarations")
+            elif not isinstance(items, YSeq):
+                self.problem(_line(items), "'counters' must be a list of counter declarations")
             else:
                 counters = self.counters(items)
         self.check_tags(counters)
@@ -503,13 +306,13 @@ class _Loader:
 
     # ------------------------------------------------------------ counters
 
-    def counters(self, items: _Seq) -> list[Counter]:
+    def counters(self, items: YSeq) -> list[Counter]:
         counters: list[Counter] = []
         first_line: dict[str, int] = {}
         for index, item in enumerate(items.items, start=1):
             self.where = ""
-            if not isinstance(item, _Map):
-                self.problem(item.line, "a counter declaration must be a mapping")
+            if not isinstance(item, YMap):
+                self.problem(_line(item), "a counter declaration must be a mapping")
                 continue
             counter = self.counter(item, index)
             self.where = ""
@@ -525,14 +328,14 @@ class _Loader:
             counters.append(counter)
         return counters
 
-    def counter(self, node: _Map, index: int) -> Counter | None:
+    def counter(self, node: YMap, index: int) -> Counter | None:
         errors_before = len(self.problems)
         name_node = node.get("name")
         name = self.name(name_node, node.line, f"counter #{index}")
         self.where = f"counter '{name}': " if name else f"counter #{index}: "
-        for entry, entry_line, _ in node.items:
-            if entry not in _COUNTER_KEYS:
-                self.unknown_key(entry, entry_line, _COUNTER_KEYS)
+        for entry, _ in node.items:
+            if entry.value not in _COUNTER_KEYS:
+                self.unknown_key(entry, _COUNTER_KEYS)
         on = self.kinds(node, "on", required=True)
         decrement_on = self.kinds(node, "decrement_on", required=False)
         for kind in _sorted_kinds(on & decrement_on):
@@ -589,52 +392,57 @@ class _Loader:
                 )
 
     @staticmethod
-    def line_of(node: _Map, key: str) -> int:
-        for k, key_line, _ in node.items:
-            if k == key:
-                return key_line
-        return node.line
+    def line_of(node: YMap, key: str) -> int:
+        key_node = node.key_node(key)
+        return key_node.line if key_node is not None else node.line
 
-    def unknown_key(self, key: str, line: int, allowed: Iterable[str]) -> None:
-        hint = did_you_mean(key, allowed)
+    def unknown_key(self, key: YScalar, allowed: Iterable[str]) -> None:
+        text = str(key.value)
+        hint = did_you_mean(text, allowed)
         if not hint:
             hint = f" (expected one of: {', '.join(sorted(allowed))})"
-        self.problem(line, f"unknown key '{key}'{hint}")
+        self.problem(key.line, f"unknown key '{text}'{hint}")
 
-    def name(self, node: _Node | None, line: int, what: str) -> str | None:
+    def name(self, node: YNode | None, line: int, what: str) -> str | None:
         if node is None:
             self.problem(line, f"{what}: missing 'name'")
             return None
-        if not isinstance(node, _Scalar) or node.null:
-            self.problem(node.line, f"{what}: 'name' must be a string")
+        if not isinstance(node, YScalar) or not isinstance(node.value, str):
+            self.problem(_line(node), f"{what}: 'name' must be a string, got {describe(node)}")
             return None
-        if not _NAME.fullmatch(node.text):
+        if not _NAME.fullmatch(node.value):
             self.problem(
-                node.line,
-                f"{what}: bad name '{node.text}'; use lower-case letters, digits and '_', "
+                _line(node),
+                f"{what}: bad name '{node.value}'; use lower-case letters, digits and '_', "
                 "starting with a letter (at most 48 characters)",
             )
             return None
-        return node.text
+        return node.value
 
-    def text(self, node: _Node | None, key: str) -> str:
+    def text(self, node: YNode | None, key: str) -> str:
         if node is None:
             return ""
-        if not isinstance(node, _Scalar):
-            self.problem(node.line, f"'{key}' must be a string")
+        if isinstance(node, YScalar) and node.value is None:
             return ""
-        return "" if node.null else node.text.strip()
+        if not isinstance(node, YScalar) or not isinstance(node.value, str):
+            self.problem(_line(node), f"'{key}' must be a string, got {describe(node)}")
+            return ""
+        return node.value.strip()
 
-    def scalars(self, node: _Node, what: str) -> list[_Scalar] | None:
+    def scalars(self, node: YNode, what: str) -> list[YScalar] | None:
         """A scalar or a list of scalars."""
-        if isinstance(node, _Scalar) and not node.null:
+        if isinstance(node, YScalar) and node.value is not None:
             return [node]
-        if isinstance(node, _Seq) and node.items and all(isinstance(i, _Scalar) and not i.null for i in node.items):
-            return [i for i in node.items if isinstance(i, _Scalar)]
-        self.problem(node.line, what)
+        if (
+            isinstance(node, YSeq)
+            and node.items
+            and all(isinstance(i, YScalar) and i.value is not None for i in node.items)
+        ):
+            return [i for i in node.items if isinstance(i, YScalar)]
+        self.problem(_line(node), what)
         return None
 
-    def kinds(self, node: _Map, key: str, *, required: bool) -> frozenset[EventKind]:
+    def kinds(self, node: YMap, key: str, *, required: bool) -> frozenset[EventKind]:
         value = node.get(key)
         if value is None:
             if required:
@@ -643,7 +451,7 @@ class _Loader:
         items = self.scalars(value, f"'{key}' must be an event kind or a list of event kinds")
         kinds: set[EventKind] = set()
         for item in items or ():
-            kind = self.kind(item.text, item.line, f" in '{key}'")
+            kind = self.kind(_word(item), _line(item), f" in '{key}'")
             if kind is not None:
                 kinds.add(kind)
         return frozenset(kinds)
@@ -665,33 +473,35 @@ class _Loader:
 
     # ------------------------------------------------------------ aggregate
 
-    def aggregate(self, node: _Map, on: frozenset[EventKind]) -> tuple[Aggregate | None, str | None]:
+    def aggregate(self, node: YMap, on: frozenset[EventKind]) -> tuple[Aggregate | None, str | None]:
         value = node.get("aggregate")
         if value is None:
             self.problem(node.line, "missing 'aggregate'")
             return None, None
-        text = value.text.strip() if isinstance(value, _Scalar) else ""
+        text = _word(value).strip() if isinstance(value, YScalar) else ""
         match = _AGGREGATE.fullmatch(text)
         if match is None:
-            shown = f"'{text}'" if isinstance(value, _Scalar) else "(not a string)"
-            self.problem(value.line, f"bad aggregate {shown}; expected count, sum(FIELD), distinct(FIELD) or idle_days")
+            shown = f"'{text}'" if isinstance(value, YScalar) else "(not a string)"
+            self.problem(
+                _line(value), f"bad aggregate {shown}; expected count, sum(FIELD), distinct(FIELD) or idle_days"
+            )
             return None, None
         if match.group(1):
             return Aggregate(match.group(1)), None
         aggregate = Aggregate(match.group(2))
-        field = self.field(match.group(3), value.line)
+        field = self.field(match.group(3), _line(value))
         if field is None:
             return None, None
         spec = FIELDS[field]
         if aggregate is Aggregate.SUM and spec.type is not FieldType.NUMBER:
-            self.problem(value.line, f"sum() needs a number field; '{field}' is a {spec.type.value} field")
+            self.problem(_line(value), f"sum() needs a number field; '{field}' is a {spec.type.value} field")
             return None, None
         if aggregate is Aggregate.DISTINCT and spec.type is FieldType.BOOL:
-            self.problem(value.line, f"distinct() of a bool field counts at most 2; '{field}' is a bool field")
+            self.problem(_line(value), f"distinct() of a bool field counts at most 2; '{field}' is a bool field")
             return None, None
         for kind in _sorted_kinds(on - spec.kinds):
             self.problem(
-                value.line,
+                _line(value),
                 f"aggregate field '{field}' is not available on {kind.value} events "
                 f"(only on {_kinds_text(spec.kinds)})",
             )
@@ -700,7 +510,7 @@ class _Loader:
 
     # -------------------------------------------------------------- windows
 
-    def windows(self, node: _Map, aggregate: Aggregate | None) -> tuple[Window, ...]:
+    def windows(self, node: YMap, aggregate: Aggregate | None) -> tuple[Window, ...]:
         value = node.get("windows")
         if value is None:
             self.problem(node.line, "missing 'windows'")
@@ -714,36 +524,36 @@ class _Loader:
             same = next((w for w in windows if w.seconds == window.seconds), None)
             if same is not None:
                 extra = "" if same.label == window.label else f" (same as '{same.label}')"
-                self.problem(item.line, f"duplicate window '{window.label}'{extra}")
+                self.problem(_line(item), f"duplicate window '{window.label}'{extra}")
                 continue
             windows.append(window)
         if len(windows) > MAX_WINDOWS:
-            self.problem(value.line, f"at most {MAX_WINDOWS} windows per counter")
+            self.problem(_line(value), f"at most {MAX_WINDOWS} windows per counter")
         return tuple(windows)
 
-    def window(self, item: _Scalar, aggregate: Aggregate | None) -> Window | None:
-        text = item.text.strip()
+    def window(self, item: YScalar, aggregate: Aggregate | None) -> Window | None:
+        text = _word(item).strip()
         if text == ALL:
             if aggregate is Aggregate.IDLE_DAYS:
-                self.problem(item.line, "idle_days needs a run gap window such as 24h, not 'all'")
+                self.problem(_line(item), "idle_days needs a run gap window such as 24h, not 'all'")
                 return None
             return Window(ALL, 0, 0)
         match = _WINDOW.fullmatch(text)
         if match is None:
-            self.problem(item.line, f"bad window '{text}'; expected Nm, Nh or Nd (1 minute to 180 days) or all")
+            self.problem(_line(item), f"bad window '{text}'; expected Nm, Nh or Nd (1 minute to 180 days) or all")
             return None
         seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         if seconds > MAX_WINDOW_SECONDS:
-            self.problem(item.line, f"window '{text}' is longer than 180 days")
+            self.problem(_line(item), f"window '{text}' is longer than 180 days")
             return None
         granularity = int(granularity_for.py_func(seconds))
         if aggregate is not Aggregate.IDLE_DAYS and seconds // granularity > MAX_BUCKETS:
-            units = [_duration_label(g) for g in LADDER if g > granularity and g >= 300]
+            units = [duration_label(g) for g in LADDER if g > granularity and g >= 300]
             coarser = ", ".join(units[:-1]) + f" or {units[-1]}" if len(units) > 1 else units[0]
             self.problem(
-                item.line,
+                _line(item),
                 f"window '{text}' would need {seconds // granularity} buckets of "
-                f"{_duration_label(granularity)}; make it a multiple of {coarser}",
+                f"{duration_label(granularity)}; make it a multiple of {coarser}",
             )
             return None
         return Window(text, seconds, granularity)
@@ -752,7 +562,7 @@ class _Loader:
 
     def key(
         self,
-        node: _Node | None,
+        node: YNode | None,
         line: int,
         updaters: frozenset[EventKind],
         what: str,
@@ -763,12 +573,13 @@ class _Loader:
             if required:
                 self.problem(line, f"missing '{what}'")
             return None
-        if isinstance(node, _Map):
+        if isinstance(node, YMap):
             by_kind: list[tuple[EventKind, tuple[str, ...]]] = []
             lines: list[int] = []
             ok = True
-            for kind_text, kind_line, value in node.items:
-                kind = self.kind(kind_text, kind_line, f" in '{what}'")
+            for kind_node, value in node.items:
+                kind_line = kind_node.line
+                kind = self.kind(str(kind_node.value), kind_line, f" in '{what}'")
                 fields = self.key_fields(value, frozenset({kind}) if kind else frozenset(), what)
                 if kind is None or fields is None:
                     ok = False
@@ -801,39 +612,39 @@ class _Loader:
         for field in fields:
             available &= FIELDS[field].kinds
         if not available:
-            self.problem(node.line, f"the fields of '{what}' are never all present on one event kind")
+            self.problem(_line(node), f"the fields of '{what}' are never all present on one event kind")
             return None
         return Key(
             tuple(field_domain(f) for f in fields),
             tuple((kind, fields) for kind in _sorted_kinds(available)),
         )
 
-    def key_fields(self, node: _Node, kinds: frozenset[EventKind], what: str) -> tuple[str, ...] | None:
+    def key_fields(self, node: YNode, kinds: frozenset[EventKind], what: str) -> tuple[str, ...] | None:
         items = self.scalars(node, f"'{what}' must be a field, a list of fields, or a mapping of event kind to those")
         if items is None:
             return None
         fields: list[str] = []
         ok = True
         for item in items:
-            field = self.field(item.text.strip(), item.line)
+            field = self.field(_word(item).strip(), _line(item))
             if field is None:
                 ok = False
                 continue
             spec = FIELDS[field]
             if spec.type not in (FieldType.IDENTIFIER, FieldType.STRING):
                 self.problem(
-                    item.line,
+                    _line(item),
                     f"key field '{field}' is a {spec.type.value} field; key fields must be identifier or string fields",
                 )
                 ok = False
                 continue
             if field in fields:
-                self.problem(item.line, f"key field '{field}' is listed twice")
+                self.problem(_line(item), f"key field '{field}' is listed twice")
                 ok = False
                 continue
             for kind in _sorted_kinds(kinds - spec.kinds):
                 self.problem(
-                    item.line,
+                    _line(item),
                     f"key field '{field}' is not available on {kind.value} events (only on {_kinds_text(spec.kinds)})",
                 )
                 ok = False
@@ -841,7 +652,7 @@ class _Loader:
             fields.append(field)
         return tuple(fields) if ok else None
 
-    def read_on(self, node: _Node | None, key: Key | None, updaters: frozenset[EventKind]) -> frozenset[EventKind]:
+    def read_on(self, node: YNode | None, key: Key | None, updaters: frozenset[EventKind]) -> frozenset[EventKind]:
         if key is None:
             return frozenset()
         if node is None:
@@ -849,113 +660,121 @@ class _Loader:
         items = self.scalars(node, "'read_on' must be an event kind or a list of event kinds")
         kinds: set[EventKind] = set()
         for item in items or ():
-            kind = self.kind(item.text, item.line, " in 'read_on'")
+            kind = self.kind(_word(item), _line(item), " in 'read_on'")
             if kind is None:
                 continue
             if kind not in key.kinds:
-                self.problem(item.line, f"read_on: the key is not available on {kind.value} events")
+                self.problem(_line(item), f"read_on: the key is not available on {kind.value} events")
                 continue
             kinds.add(kind)
         missing = updaters - kinds
         if items and missing:
             self.problem(
-                node.line,
+                _line(node),
                 f"read_on must include every kind that updates the counter; missing {_kinds_text(missing)}",
             )
         return frozenset(kinds)
 
     # ---------------------------------------------------------------- where
 
-    def where_clause(self, node: _Map, updaters: frozenset[EventKind]) -> tuple[tuple[EventKind, Filter], ...]:
+    def where_clause(self, node: YMap, updaters: frozenset[EventKind]) -> tuple[tuple[EventKind, Filter], ...]:
         value = node.get("where")
         if value is None:
             return ()
-        if isinstance(value, _Scalar) and not value.null and value.text.strip():
-            condition = Filter(value.text.strip(), self.file, value.line)
+        if isinstance(value, YScalar) and isinstance(value.value, str) and value.value.strip():
+            condition = Filter(value.value.strip(), self.file, _line(value))
             return tuple((kind, condition) for kind in _sorted_kinds(updaters))
-        if isinstance(value, _Map):
+        if isinstance(value, YMap):
             out: list[tuple[EventKind, Filter]] = []
-            for kind_text, kind_line, item in value.items:
-                kind = self.kind(kind_text, kind_line, " in 'where'")
+            for kind_node, item in value.items:
+                kind_line = kind_node.line
+                kind = self.kind(str(kind_node.value), kind_line, " in 'where'")
                 if kind is None:
                     continue
                 if kind not in updaters:
                     self.problem(kind_line, f"where for {kind.value}, but {kind.value} does not update the counter")
                     continue
-                if not isinstance(item, _Scalar) or item.null or not item.text.strip():
-                    self.problem(item.line, f"where for {kind.value} must be a condition string")
+                if not isinstance(item, YScalar) or not isinstance(item.value, str) or not item.value.strip():
+                    self.problem(
+                        _line(item), f"where for {kind.value} must be a condition string, got {describe(item)}"
+                    )
                     continue
-                out.append((kind, Filter(item.text.strip(), self.file, item.line)))
+                out.append((kind, Filter(item.value.strip(), self.file, _line(item))))
             out.sort(key=lambda kv: _KIND_ORDER[kv[0]])
             return tuple(out)
-        self.problem(value.line, "'where' must be a condition string or a mapping of event kind to condition")
+        self.problem(
+            _line(value),
+            f"'where' must be a condition string or a mapping of event kind to condition, got {describe(value)}",
+        )
         return ()
 
     # -------------------------------------------------------------- options
 
-    def undo_on_block(self, node: _Map, aggregate: Aggregate | None, windows: tuple[Window, ...]) -> bool:
+    def undo_on_block(self, node: YMap, aggregate: Aggregate | None, windows: tuple[Window, ...]) -> bool:
         value = node.get("undo_on_block")
         if value is None:
             return False
-        text = value.text if isinstance(value, _Scalar) else ""
-        if text not in ("true", "false"):
-            self.problem(value.line, "undo_on_block must be true or false")
+        undo = value.value if isinstance(value, YScalar) else None
+        if not isinstance(undo, bool):
+            self.problem(_line(value), f"undo_on_block must be true or false, got {describe(value)}")
             return False
-        if text == "true" and aggregate not in (Aggregate.COUNT, Aggregate.SUM):
-            self.problem(value.line, "undo_on_block needs aggregate count or sum(FIELD)")
-        elif text == "true" and windows and [w.label for w in windows] != [ALL]:
-            self.problem(value.line, "undo_on_block needs windows: [all]")
-        return text == "true"
+        if undo and aggregate not in (Aggregate.COUNT, Aggregate.SUM):
+            self.problem(_line(value), "undo_on_block needs aggregate count or sum(FIELD)")
+        elif undo and windows and [w.label for w in windows] != [ALL]:
+            self.problem(_line(value), "undo_on_block needs windows: [all]")
+        return undo
 
-    def exact_up_to(self, node: _Map, aggregate: Aggregate | None) -> int:
+    def exact_up_to(self, node: YMap, aggregate: Aggregate | None) -> int:
         value = node.get("exact_up_to")
         if value is None:
             return DEFAULT_EXACT_UP_TO
         if aggregate is not Aggregate.DISTINCT:
             self.problem(self.line_of(node, "exact_up_to"), "exact_up_to applies only to distinct(FIELD)")
             return DEFAULT_EXACT_UP_TO
-        text = value.text.replace("_", "") if isinstance(value, _Scalar) else ""
-        if not text.isdigit() or not 1 <= int(text) <= MAX_EXACT_UP_TO:
-            self.problem(value.line, f"exact_up_to must be a whole number from 1 to {MAX_EXACT_UP_TO}")
+        number = value.value if isinstance(value, YScalar) else None
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_EXACT_UP_TO:
+            self.problem(
+                _line(value), f"exact_up_to must be a whole number from 1 to {MAX_EXACT_UP_TO}, got {describe(value)}"
+            )
             return DEFAULT_EXACT_UP_TO
-        return int(text)
+        return number
 
-    def retain(self, node: _Map, aggregate: Aggregate | None, windows: tuple[Window, ...]) -> int:
+    def retain(self, node: YMap, aggregate: Aggregate | None, windows: tuple[Window, ...]) -> int:
         value = node.get("retain")
         if value is None:
             return DEFAULT_RETAIN_DAYS * 86400
         if aggregate is not Aggregate.IDLE_DAYS and not any(w.all_time for w in windows):
             self.problem(self.line_of(node, "retain"), "retain applies only with window 'all' or aggregate idle_days")
             return DEFAULT_RETAIN_DAYS * 86400
-        match = _DAYS.fullmatch(value.text.strip()) if isinstance(value, _Scalar) else None
+        match = _DAYS.fullmatch(_word(value).strip()) if isinstance(value, YScalar) else None
         if match is None or int(match.group(1)) > MAX_RETAIN_DAYS:
-            self.problem(value.line, f"retain must be Nd, from 1d to {MAX_RETAIN_DAYS}d")
+            self.problem(_line(value), f"retain must be Nd, from 1d to {MAX_RETAIN_DAYS}d")
             return DEFAULT_RETAIN_DAYS * 86400
         return int(match.group(1)) * 86400
 
     # -------------------------------------------------------------- read_as
 
-    def read_as_list(self, node: _Node | None, key: Key | None) -> tuple[ReadAs, ...]:
+    def read_as_list(self, node: YNode | None, key: Key | None) -> tuple[ReadAs, ...]:
         if node is None:
             return ()
-        if not isinstance(node, _Seq) or not node.items:
-            self.problem(node.line, "'read_as' must be a list of {name, key} mappings")
+        if not isinstance(node, YSeq) or not node.items:
+            self.problem(_line(node), "'read_as' must be a list of {name, key} mappings")
             return ()
         prefix = self.where
         out: list[ReadAs] = []
         for item in node.items:
             self.where = prefix
-            if not isinstance(item, _Map):
-                self.problem(item.line, "'read_as' must be a list of {name, key} mappings")
+            if not isinstance(item, YMap):
+                self.problem(_line(item), "'read_as' must be a list of {name, key} mappings")
                 continue
             alias = self.name(item.get("name"), item.line, "read_as")
             if alias is None:
                 continue
             self.where = f"{prefix}read_as '{alias}': "
             errors_before = len(self.problems)
-            for k, key_line, _ in item.items:
-                if k not in _READ_AS_KEYS:
-                    self.unknown_key(k, key_line, _READ_AS_KEYS)
+            for k, _ in item.items:
+                if k.value not in _READ_AS_KEYS:
+                    self.unknown_key(k, _READ_AS_KEYS)
             alias_key = self.key(item.get("key"), self.line_of(item, "key"), frozenset(), "key", required=True)
             if alias_key is not None and key is not None and alias_key.domains != key.domains:
                 self.problem(

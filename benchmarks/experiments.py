@@ -1,25 +1,38 @@
-"""Measure a proposed change to the service before making it: `riskgate serve` with the change patched in.
+"""Measure a variant of the service against the service as it is: `riskgate serve` with one of its
+configuration seams switched.
 
-    python -m benchmarks.experiments [--patch redis-py,no-claim] [--rounds 4] [--seconds 8] [--rate 250]
+    python -m benchmarks.experiments [--experiment separate-claim] [--rounds 4] [--seconds 8] [--rate 250]
 
 Runs the saturated unary benchmark of `benchmarks.e2e` (or, with `--rate`, a fixed offered load,
-open loop) against stacks side by side: the service as it is, and the service with each patch
-applied at start-up (`serve` below; nothing in service/ is edited). The order rotates every
-round; it prints each run, then per patch the medians and the median of the per-round ratios of
-throughput and server CPU per screening (with the collector's share, measured in the server).
+open loop) against stacks side by side: the service as it is, and the service with each
+experiment's configuration. An experiment is a change to a typed production configuration
+(`service.riskdata.store.RiskDataConfig`), handed to `service.server.app.run` by this module's
+launcher (`serve` below): the server runs its own code, nothing is patched or copied. The order
+rotates every round; it prints each run, then per experiment the medians and the median of the
+per-round ratios of throughput and server CPU per screening (with the collector's share,
+measured in the server through `gc.callbacks`).
 
-Patches:
+Experiments:
 
-* ``held-connections``: the risk data's round trips on connections held from redis-py's pool, one
-  per concurrent request (`_Held` in `service.riskdata.counters.store`, what a TLS client still uses),
-  instead of the multiplexed connection of `service.redis.mux`: measures that change.
-* ``separate-claim``: the request-id claim as a round trip of its own before the counters' (as on
-  Redis Cluster, and on a single Redis before it was folded into the counter script).
-* ``record-batched``: the record round trip (idempotency record, decision log) taken off the
-  request path and batched over the requests of one loop iteration (see `patch_record_batched`).
-* ``gc``: once serving, `gc.collect()` and `gc.freeze()` (see `patch_gc`); ``gc-threshold``: the
-  same and a generation-0 threshold of 10,000 allocations instead of 700. (Measured: the collector
-  costs 3-30 µs per screening; no gain.)
+* ``separate-claim``: `RiskDataConfig(fold_claim=False)`: the request-id claim as a round trip of
+  its own before the counters' (as on Redis Cluster, and on a single Redis before it was folded
+  into the counter script). Measured: README, Performance, "The optimisations made", item 3.
+
+Dropped, because no configuration of the production code expresses them (their figures stay
+where they were recorded, README, Performance, "Where the time goes"):
+
+* ``held-connections`` (the risk data's round trips on redis-py connections held per concurrent
+  request instead of the multiplexed connection): "The optimisations made", item 2. The counter
+  store takes the held connections only where the multiplexer does not apply (TLS); measuring
+  them again needs a switch on `CounterStore` (a `multiplex` option that `RiskDataConfig` could
+  pass), which does not exist.
+* ``record-batched`` (the record round trip off the request path, batched per loop iteration):
+  "Measured and left alone", "taking the record write off the request path: x1.04 at
+  saturation". It was a different implementation of `BoundRiskData.record`, not a setting.
+* ``gc`` and ``gc-threshold`` (`gc.freeze()` after start-up; a generation-0 threshold of 10,000):
+  "Measured and left alone", "the garbage collector: 3-30 us per screening". The server now
+  collects and freezes its start-up heap after its warm-up (`Server._warm_up`), which is what
+  ``gc`` measured; the threshold has no setting.
 """
 
 from __future__ import annotations
@@ -27,137 +40,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import logging
+import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
 
 from benchmarks import loadgen
 from benchmarks.common import median
 from benchmarks.servers import SCREEN_METHOD, ScreeningStack
 from benchmarks.traffic import PoolSlice, repeats_needed, write_pool
-from service.errors import Unsupported
+from service import logs
+from service.errors import ConfigError, RiskgateError
+from service.riskdata.store import RiskDataConfig
+from service.server.app import risk_data_config, run
+from service.settings import Settings
 
-T = TypeVar("T")
-PATCHES = ("gc", "gc-threshold", "separate-claim", "held-connections", "record-batched")
-
-
-def patch_gc(threshold: int | None = None) -> None:
-    """After start-up (modules, protobuf descriptors, numba, the compiled rules: ~100k objects),
-    `gc.collect()` then `gc.freeze()`: the objects that live as long as the process leave the
-    collector's generations, so a full collection no longer walks them; optionally a higher
-    generation-0 threshold (fewer collections, each of more young objects)."""
-    import gc
-
-    from service.server import app as server
-
-    original = server.Server.start
-
-    async def start(self: server.Server) -> None:
-        await original(self)
-        gc.collect()
-        gc.freeze()
-        if threshold is not None:
-            gc.set_threshold(threshold, 10, 10)
-
-    server.Server.start = start  # type: ignore[method-assign]
-
-
-def patch_separate_claim() -> None:
-    """The request-id claim as a round trip of its own before the counters', as before the claim
-    was folded into the counter script (and as on Redis Cluster): measures that change."""
-    from service.riskdata.counters.store import CounterStore
-
-    CounterStore.folds_claim = property(lambda self: False)  # type: ignore[method-assign,assignment]
-
-
-def patch_held_connections() -> None:
-    """The counter store's exchanges on held redis-py connections instead of the multiplexer."""
-    from service.redis import mux as redis_mux
-
-    def unsupported(cls: Any, client: Any) -> Any:
-        raise Unsupported("the held-connections experiment")
-
-    redis_mux.Multiplexer.for_client = classmethod(unsupported)  # type: ignore[method-assign,assignment]
-
-
-def patch_record_batched() -> None:
-    """The record round trip off the request path, batched: `record` queues the request's commands
-    (the idempotency record, a blocked opening's retract, the decision-log entry) and returns; a task
-    started by the first record of a loop iteration sends everything queued meanwhile in ONE round
-    trip. The answer no longer waits for the write; a retry arriving before it finds the pending
-    claim and waits for the decision, as it does today."""
-    from service.domain import Decision, Outcome, ScreenRequest
-    from service.errors import StoreUnavailable
-    from service.riskdata import store as riskdata_module
-    from service.riskdata.records import encode_decision, log_entry
-
-    riskdata: Any = riskdata_module
-    from service.riskdata.decision_log import LogEntry
-
-    queue: list[tuple[Any, Any, list[LogEntry]]] = []  # (bound risk data, queue-into-pipe, entries)
-    scheduled = [False]
-
-    async def flush() -> None:
-        scheduled[0] = False
-        batch = list(queue)
-        queue.clear()
-        groups: dict[int, tuple[Any, list[tuple[Any, list[LogEntry]]]]] = {}
-        for bound, add, entries in batch:
-            groups.setdefault(id(bound), (bound, []))[1].append((add, entries))
-        for bound, items in groups.values():
-            pipe = bound._counters.pipeline()
-            written: list[LogEntry] = []
-            for add, _entries in items:
-                written += add(pipe)
-            try:
-                await bound._store.bounded(pipe.execute(raise_on_error=False), None)
-            except StoreUnavailable:
-                for logged in written:
-                    bound._store.log.defer(logged, sent=True)
-
-    async def record(
-        self: Any, request: ScreenRequest, decision: Decision, observation: Any, ids: Mapping[str, str]
-    ) -> None:
-        store = self._store
-        entry = log_entry(
-            request,
-            decision,
-            subject_hash=store.hasher.identifier("person.id_number", ids["person.id_number"]),
-            counters=observation.counters,
-            list_hits=observation.list_hits,
-        )
-        logged = LogEntry.of(entry, int(decision.decided_at.timestamp() * 1000))
-        if not store.breaker.allow():
-            store.log.defer(logged, sent=False)
-            return
-
-        def add(pipe: Any) -> list[LogEntry]:
-            if observation.claim:
-                pipe.execute_command(
-                    "EVAL", riskdata._RECORD, 1, store.request_key(request), observation.claim,
-                    encode_decision(decision), store.config.idempotency_ms,
-                )  # fmt: skip
-            attempt = observation.plan
-            if decision.outcome is Outcome.BLOCK and attempt is not None and attempt.counted is not None:
-                retract = self._counters.prepare_retract(attempt.counted, token=attempt.key)
-                self._counters.queue_retract(pipe, retract)
-            store.log.queue(pipe, logged)
-            return [logged]
-
-        queue.append((self, add, [logged]))
-        if not scheduled[0]:
-            scheduled[0] = True
-            task = asyncio.get_running_loop().create_task(flush())
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-
-    riskdata_module.BoundRiskData.record = record  # type: ignore[method-assign]
-
-
-_background: set[asyncio.Task[None]] = set()
+AS_IS = "as is"
+# Each experiment: the risk-data store's configuration it serves with, from the one the settings give.
+EXPERIMENTS: Mapping[str, Callable[[RiskDataConfig], RiskDataConfig]] = {
+    "separate-claim": lambda config: dataclasses.replace(config, fold_claim=False),
+}
 
 
 def gc_accounting(path: str) -> None:
@@ -199,31 +105,35 @@ def read_gc(path: Path) -> dict[str, list[float]]:
     return data
 
 
-def serve(patch: str, gc_stats: str | None = None) -> int:
-    """`riskgate serve` with `patch` applied first ("none": as it is)."""
+def serve(experiment: str | None, gc_stats: str | None = None) -> int:
+    """`riskgate serve` (its settings from the environment, as the stack sets them) with the risk-data
+    configuration of `experiment` (None: as it is)."""
     if gc_stats:
         gc_accounting(gc_stats)
-    patches: dict[str, Any] = {
-        "none": lambda: None,
-        "gc": patch_gc,
-        "gc-threshold": lambda: patch_gc(threshold=10_000),
-        "separate-claim": patch_separate_claim,
-        "held-connections": patch_held_connections,
-        "record-batched": patch_record_batched,
-    }
-    patches[patch]()
-    from service.tools.cli import main
-
-    return main(["serve"])
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as error:
+        print(f"riskgate: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level_number, settings.log_format)
+    config = risk_data_config(settings)
+    if experiment is not None:
+        config = EXPERIMENTS[experiment](config)
+    try:
+        asyncio.run(run(settings, risk_config=config))
+    except RiskgateError as error:
+        logging.getLogger("riskgate").error("cannot serve: %s", error)
+        return 1
+    return 0
 
 
 def compare(
-    patches: Sequence[str], rounds: int, seconds: float, clients: int, inflight: int, rate: float | None = None
+    experiments: Sequence[str], rounds: int, seconds: float, clients: int, inflight: int, rate: float | None = None
 ) -> None:
-    """The service as it is and with each patch, side by side; the order rotates every round."""
+    """The service as it is and with each experiment, side by side; the order rotates every round."""
     import tempfile
 
-    names = ["as is", *patches]
+    names = [AS_IS, *experiments]
     with tempfile.TemporaryDirectory(prefix="rg-exp-") as tmp, contextlib.ExitStack() as stack_of:
         pool = write_pool(Path(tmp) / "pool.bin", seed=1, events=20_000, now=datetime.now(UTC))
         repeats = repeats_needed(pool.events, clients, 3000 * (seconds + 3) / clients)
@@ -232,7 +142,7 @@ def compare(
         stacks = {
             name: stack_of.enter_context(
                 ScreeningStack(
-                    server_argv=[*me, "--serve", "none" if name == "as is" else name, "--gc-stats", str(gc_files[name])]
+                    server_argv=[*me, "--serve", "none" if name == AS_IS else name, "--gc-stats", str(gc_files[name])]
                 )
             )
             for name in names
@@ -266,16 +176,16 @@ def compare(
                         f"errors={int(delta['errors'])} gc={gc_us:.0f}us/screen",
                         flush=True,
                     )
-    base = figures["as is"]
+    base = figures[AS_IS]
     a = tuple(median([r[i] for r in base]) for i in range(4))
     load = f"{rate:g}/s offered (open loop)" if rate else f"{clients}x{inflight} in flight"
-    for patch in patches:
-        rows = figures[patch]
+    for experiment in experiments:
+        rows = figures[experiment]
         b = tuple(median([r[i] for r in rows]) for i in range(4))
         cpu_ratios = [p[1] / q[1] for p, q in zip(rows, base, strict=True)]
         rps_ratios = [p[0] / q[0] for p, q in zip(rows, base, strict=True)]
         print(
-            f"experiment {patch}: {b[0]:.0f} vs {a[0]:.0f} screenings/s (median of per-round ratios "
+            f"experiment {experiment}: {b[0]:.0f} vs {a[0]:.0f} screenings/s (median of per-round ratios "
             f"{median(rps_ratios):.2f}x), server CPU {b[1]:.0f} vs {a[1]:.0f} us/screen (median of per-round ratios "
             f"{median(cpu_ratios):.2f}x, rounds {[round(x, 2) for x in cpu_ratios]}), garbage collection "
             f"{b[3]:.0f} vs {a[3]:.0f} us; redis-server {b[2]:.0f} vs {a[2]:.0f} us/screen; {rounds} interleaved "
@@ -286,8 +196,8 @@ def compare(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.experiments", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patch", default="separate-claim", help=f"comma-separated, from {','.join(PATCHES)}")
-    parser.add_argument("--serve", choices=("none", *PATCHES), help=argparse.SUPPRESS)
+    parser.add_argument("--experiment", default="separate-claim", help=f"comma-separated, from {','.join(EXPERIMENTS)}")
+    parser.add_argument("--serve", choices=("none", *EXPERIMENTS), help=argparse.SUPPRESS)
     parser.add_argument("--gc-stats", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -296,13 +206,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help="offer this many screenings/s (open loop) instead of saturating")
     args = parser.parse_args(argv)
     if args.serve:
-        return serve(args.serve, args.gc_stats)
-    patches = [p.strip() for p in args.patch.split(",") if p.strip()]
-    if not patches or set(patches) - set(PATCHES):
-        parser.error(f"--patch: choose from {','.join(PATCHES)}")
+        return serve(None if args.serve == "none" else args.serve, args.gc_stats)
+    experiments = [name.strip() for name in args.experiment.split(",") if name.strip()]
+    if not experiments or set(experiments) - set(EXPERIMENTS):
+        parser.error(f"--experiment: choose from {','.join(EXPERIMENTS)}")
     if not 1 <= args.rounds <= 10 or not 1 <= args.seconds <= 60:
         parser.error("--rounds 1..10, --seconds 1..60")
-    compare(patches, args.rounds, args.seconds, args.clients, args.inflight, args.rate)
+    compare(experiments, args.rounds, args.seconds, args.clients, args.inflight, args.rate)
     return 0
 
 

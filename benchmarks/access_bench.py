@@ -12,8 +12,6 @@ control adds beside it. Medians of `repeats` runs of `number` calls each.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import timeit
@@ -22,11 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Json, median
+from benchmarks.common import Json, median, part_main
 from service.pipeline import validate
 from service.server.access.guard import Guard
 from service.server.access.tokens import new_token
-from service.synth.stream import generate
+from service.synth import generate
 
 _METHOD = "/riskgate.v1.Screening/Screen"
 
@@ -104,14 +102,7 @@ def run_part(quick: bool) -> Json:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.access_bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls")
-    parser.add_argument("--json", help="write the figures to this file")
-    args = parser.parse_args(argv)
-    figures = run_part(args.quick)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    return 0
+    return part_main("python -m benchmarks.access_bench", __doc__, run_part, "fewer calls", argv)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Figures are medians of repeated runs; ratios are taken between runs interleaved 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import json
@@ -15,7 +16,7 @@ import platform
 import shutil
 import statistics
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,17 @@ def write_results(figures: Mapping[str, Any], path: Path = LATEST) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dict(figures), indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return path
+
+
+def part_main(
+    prog: str, doc: str, run_part: Callable[[bool], Json], quick_help: str, argv: Sequence[str] | None = None
+) -> int:
+    """The command line of a part that takes only `--quick` and `--json PATH` (`python -m benchmarks.X`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args(argv)
+    figures = run_part(args.quick)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    return 0

@@ -35,9 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import loadgen
+from benchmarks import grpc_echo, loadgen
 from benchmarks.common import Json, median, peak_rss_mb, rounded, rss_mb, slope, slope_per_minute, thread_cpu_seconds
-from benchmarks.grpc_echo import EchoServerProcess
 from benchmarks.servers import SCREEN_METHOD, STREAM_METHOD, ScreeningStack, Snapshot
 from benchmarks.traffic import PoolInfo, PoolSlice, repeats_needed, write_pool
 
@@ -78,7 +77,9 @@ def _redis_top_level_us(before: Snapshot, after: Snapshot) -> float:
 class _Session:
     """The servers and the request pool of one e2e session, and the runs made against them."""
 
-    def __init__(self, cfg: E2EConfig, pool: PoolInfo, stack: ScreeningStack, echo: EchoServerProcess) -> None:
+    def __init__(
+        self, cfg: E2EConfig, pool: PoolInfo, stack: ScreeningStack, echo: grpc_echo.EchoServerProcess
+    ) -> None:
         self.cfg = cfg
         self.pool = pool
         self.stack = stack
@@ -118,9 +119,10 @@ class _Session:
         return figures, redis
 
 
-def _spec(cfg: E2EConfig, target: str, factory: PoolSlice, **changes: Any) -> loadgen.LoadSpec:
+def _spec(cfg: E2EConfig, target: str, method: str, factory: PoolSlice, **changes: Any) -> loadgen.LoadSpec:
     base = loadgen.LoadSpec(
         target=target,
+        method=method,
         clients=cfg.clients,
         inflight=cfg.inflight,
         seconds=cfg.seconds,
@@ -144,11 +146,11 @@ def saturation(s: _Session) -> Json:
         got: dict[str, loadgen.LoadFigures] = {}
         for which in order:
             if which == "screen":
-                spec = _spec(cfg, s.stack.address, s.factory("sat", cfg.seconds), method=SCREEN_METHOD)
+                spec = _spec(cfg, s.stack.address, SCREEN_METHOD, s.factory("sat", cfg.seconds))
                 figures, delta = s.screen(spec)
                 screens.append((figures, delta))
             else:
-                spec = _spec(cfg, s.echo.target, s.factory("echo", cfg.seconds))
+                spec = _spec(cfg, s.echo.target, grpc_echo.UNARY_METHOD, s.factory("echo", cfg.seconds))
                 figures = loadgen.run(spec, server_pid=s.echo.pid)
                 echoes.append(figures)
             got[which] = figures
@@ -208,12 +210,12 @@ def fixed_load(s: _Session, rate: float) -> Json:
     cfg = s.cfg
     pid = s.stack.pid
     spec = _spec(
-        cfg, s.stack.address, s.factory("fixed", cfg.fixed_seconds), method=SCREEN_METHOD, rate=rate,
+        cfg, s.stack.address, SCREEN_METHOD, s.factory("fixed", cfg.fixed_seconds), rate=rate,
         seconds=cfg.fixed_seconds, warmup=2.0,
     )  # fmt: skip
     screen, redis = s.screen(spec, sample=lambda: rss_mb(pid))
     echo_spec = _spec(
-        cfg, s.echo.target, s.factory("echofixed", cfg.echo_fixed_seconds), rate=rate,
+        cfg, s.echo.target, grpc_echo.UNARY_METHOD, s.factory("echofixed", cfg.echo_fixed_seconds), rate=rate,
         seconds=cfg.echo_fixed_seconds, warmup=1.0,
     )  # fmt: skip
     echo = loadgen.run(echo_spec, server_pid=s.echo.pid)
@@ -273,14 +275,13 @@ def streams(s: _Session) -> Json:
         for which in ("screen", "echo") if round_ % 2 == 0 else ("echo", "screen"):
             if which == "screen":
                 spec = _spec(
-                    cfg, s.stack.address, s.factory("stream", cfg.seconds), kind="stream", method=STREAM_METHOD,
+                    cfg, s.stack.address, STREAM_METHOD, s.factory("stream", cfg.seconds), kind="stream",
                     inflight=cfg.streams,
                 )  # fmt: skip
                 screen.append(s.screen(spec)[0])
             else:
-                spec = _spec(
-                    cfg, s.echo.target, s.factory("echostream", cfg.seconds), kind="stream", inflight=cfg.streams
-                )
+                factory = s.factory("echostream", cfg.seconds)
+                spec = _spec(cfg, s.echo.target, grpc_echo.STREAM_METHOD, factory, kind="stream", inflight=cfg.streams)
                 echo.append(loadgen.run(spec, server_pid=s.echo.pid))
     eps, echo_eps = median([f.rps for f in screen]), median([f.rps for f in echo])
     out: Json = {
@@ -308,12 +309,14 @@ def streams(s: _Session) -> Json:
 
 
 def bench(cfg: E2EConfig, pool: PoolInfo) -> Json:
-    with ScreeningStack() as stack, EchoServerProcess() as echo:
+    with ScreeningStack() as stack, grpc_echo.EchoServerProcess() as echo:
         s = _Session(cfg, pool, stack, echo)
         s.note_rss()
         # Warm both servers (first keys, code paths, connections) before measuring anything.
-        s.screen(_spec(cfg, stack.address, s.factory("warm", 3.0), method=SCREEN_METHOD, seconds=3.0, warmup=0.5))
-        loadgen.run(_spec(cfg, echo.target, s.factory("warmecho", 2.0), seconds=2.0, warmup=0.5))
+        s.screen(_spec(cfg, stack.address, SCREEN_METHOD, s.factory("warm", 3.0), seconds=3.0, warmup=0.5))
+        loadgen.run(
+            _spec(cfg, echo.target, grpc_echo.UNARY_METHOD, s.factory("warmecho", 2.0), seconds=2.0, warmup=0.5)
+        )
         out = saturation(s)
         out.update(fixed_load(s, 0.5 * out["unary.throughput_rps"]))
         out.update(streams(s))

@@ -28,9 +28,7 @@ Every request id is unique (`benchmarks.traffic`).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import math
 import multiprocessing as mp
 import os
@@ -49,7 +47,7 @@ import grpc
 import grpc.aio
 
 from benchmarks import loadgen
-from benchmarks.common import Json, median, rounded, thread_cpu_seconds
+from benchmarks.common import Json, median, part_main, rounded, thread_cpu_seconds
 from benchmarks.servers import SCREEN_METHOD, STREAM_METHOD, ScreeningStack
 from benchmarks.traffic import PoolInfo, PoolSlice, read_requests, repeats_needed, write_pool
 
@@ -557,14 +555,9 @@ def run_part(quick: bool) -> Json:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fairness", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="two short rounds of each scenario (a smoke test)")
-    parser.add_argument("--json", help="write the figures to this file")
-    args = parser.parse_args(argv)
-    figures = run_part(args.quick)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    return 0
+    return part_main(
+        "python -m benchmarks.fairness", __doc__, run_part, "two short rounds of each scenario (a smoke test)", argv
+    )
 
 
 if __name__ == "__main__":

@@ -12,22 +12,19 @@ first call, the tenth, and their ratio; and the server's own "warmed up" time fr
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.common import Json, median, rounded
+from benchmarks.common import Json, median, part_main, rounded
 from benchmarks.servers import SCREEN_METHOD, ScreeningStack
-from service.synth.stream import generate
+from service.synth import generate
 
 
 @dataclass(frozen=True)
@@ -91,14 +88,7 @@ def run_part(quick: bool) -> Json:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.first_request", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK.starts} starts")
-    parser.add_argument("--json", help="write the figures to this file")
-    args = parser.parse_args(argv)
-    figures = run_part(args.quick)
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-    return 0
+    return part_main("python -m benchmarks.first_request", __doc__, run_part, f"{QUICK.starts} starts", argv)
 
 
 if __name__ == "__main__":

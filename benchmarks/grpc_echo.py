@@ -1,7 +1,10 @@
-"""Self-contained gRPC echo benchmark: a grpc.aio echo server and a multi-process load generator.
+"""The gRPC echo benchmark: a grpc.aio echo server driven by `benchmarks.loadgen`.
 
-Needs only ``grpcio`` (no project imports, no .proto), so it runs inside throwaway venvs to compare
-grpcio versions, and it is the echo baseline that ``make bench`` compares the real service against.
+Needs only ``grpcio`` (this module and `benchmarks.loadgen`: no other project imports, no .proto),
+so it runs inside throwaway venvs to compare grpcio versions, and it is the echo baseline that
+``make bench`` compares the real service against. What is echo's own lives here: the server (raw
+bytes in, the same bytes out, unary and bidirectional streaming), its payloads, the summary line.
+The load (client processes, the measured window, latency and CPU figures) is `benchmarks.loadgen`'s.
 
 Run a whole benchmark (server in its own process, N client processes, loopback only)::
 
@@ -19,48 +22,40 @@ its CPU per request; ``--requests module:function`` supplies serialized request 
 ``--server-python /tmp/venv/bin/python`` starts the echo server under another interpreter (another
 grpcio), while the clients keep this interpreter's grpcio: isolates the server's share of a change.
 
-Figures: throughput counts the calls that complete inside the measured window (after ``--warmup``);
-latency is per call (p50/p99 over those calls); server CPU is user+system time of the server process
-(all threads) from /proc/<pid>/stat over the same window; client CPU is getrusage of every client
-process over the same window. All per-request CPU figures divide by the completed calls.
+Each client cycles its requests (the default: one payload of ``--payload`` bytes), up to
+``--max-requests``. Figures: throughput counts the calls that complete inside the measured window
+(after ``--warmup``); latency is per call (p50/p99 over those calls); server CPU is user+system time
+of the server process (all threads) from /proc/<pid>/stat over the same window; client CPU is
+getrusage of every client process over the same window. All per-request CPU figures divide by the
+completed calls.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import json
-import multiprocessing as mp
 import os
-import resource
 import signal
 import subprocess
 import sys
 import time
-from array import array
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 import grpc.aio
+
+from benchmarks import loadgen
 
 SERVICE = "riskgate.bench.Echo"
 UNARY_METHOD = f"/{SERVICE}/Unary"
 STREAM_METHOD = f"/{SERVICE}/Stream"
 
-Kind = Literal["unary", "stream"]
-# (client_index, payload_bytes) -> pool of serialized requests, cycled by the client.
-RequestFactory = Callable[[int, int], Sequence[bytes]]
-
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
-_MAX_SECONDS = 600.0
-_MAX_CLIENTS = 64
-_MAX_INFLIGHT = 4096
-_MAX_ERRORS_PER_CLIENT = 1000
+_REPO = Path(__file__).resolve().parent.parent
 _STARTUP_TIMEOUT = 30.0
 
 
@@ -131,9 +126,10 @@ class EchoServerProcess:
         return f"{self.host}:{self.port}"
 
     def start(self) -> EchoServerProcess:
-        argv = [self.python, str(Path(__file__).resolve()), "--serve-only"]
+        argv = [self.python, "-m", "benchmarks.grpc_echo", "--serve-only"]
         argv += ["--host", self.host, "--port", str(self.requested_port)]
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        # from the repository root, so that `benchmarks` imports under any interpreter
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=_REPO)
         assert self._proc.stdout is not None
         deadline = time.monotonic() + _STARTUP_TIMEOUT
         line = ""
@@ -172,198 +168,20 @@ class EchoServerProcess:
         self.stop()
 
 
-# ------------------------------------------------------------------------------------- process stats
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds of a process, all threads (from /proc/<pid>/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    rest = stat[stat.rindex(")") + 2 :].split()  # fields from #3 (state) on
-    utime, stime = int(rest[11]), int(rest[12])  # fields #14 and #15
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
-
-
-def process_context_switches(pid: int) -> int:
-    """Voluntary + involuntary context switches summed over the live threads of a process."""
-    total = 0
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        with contextlib.suppress(OSError):
-            for line in status.read_text().splitlines():
-                if "ctxt_switches:" in line:
-                    total += int(line.split()[1])
-    return total
-
-
-def _self_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _load1() -> float:
-    return os.getloadavg()[0]
-
-
-# ------------------------------------------------------------------------------------------- clients
-
-
-@dataclass(frozen=True)
-class LoadConfig:
-    """What the load generator sends. ``request_factory`` may be a callable or ``"module:function"``."""
-
-    target: str
-    kind: Kind = "unary"
-    method: str = ""  # defaults to the echo method of ``kind``
-    clients: int = 2
-    inflight: int = 16
-    payload: int = 300
-    seconds: float = 5.0
-    warmup: float = 1.0
-    max_requests_per_client: int = 10_000_000
-    call_timeout: float = 10.0
-    request_factory: RequestFactory | str | None = None
-
-    def validate(self) -> None:
-        host = self.target.rsplit(":", 1)[0]
-        if host not in _LOOPBACK_HOSTS and not host.startswith("127."):
-            raise ValueError(f"loopback targets only, got {self.target!r}")
-        if not 0 < self.seconds <= _MAX_SECONDS or not 0 <= self.warmup <= _MAX_SECONDS:
-            raise ValueError("seconds must be in (0, 600], warmup in [0, 600]")
-        if not 1 <= self.clients <= _MAX_CLIENTS or not 1 <= self.inflight <= _MAX_INFLIGHT:
-            raise ValueError(f"clients must be in [1, {_MAX_CLIENTS}], inflight in [1, {_MAX_INFLIGHT}]")
-        if self.payload < 0 or self.max_requests_per_client < 1:
-            raise ValueError("payload must be >= 0 and max_requests_per_client >= 1")
-
-    @property
-    def resolved_method(self) -> str:
-        return self.method or (UNARY_METHOD if self.kind == "unary" else STREAM_METHOD)
+# ------------------------------------------------------------------------------------------- load
 
 
 def echo_requests(client_index: int, payload: int) -> Sequence[bytes]:
-    """Default request factory: one fixed payload of ``payload`` bytes."""
+    """Default request factory: one fixed payload of ``payload`` bytes (cycled: ``repeat=True``)."""
     return [bytes((client_index + i) % 251 for i in range(payload))]
 
 
-def _resolve_factory(spec: RequestFactory | str | None) -> RequestFactory:
-    if spec is None:
+def _resolve_factory(name: str | None) -> loadgen.RequestFactory:
+    if name is None:
         return echo_requests
-    if callable(spec):
-        return spec
-    module_name, _, attr = spec.partition(":")
-    factory: RequestFactory = getattr(importlib.import_module(module_name), attr)
+    module_name, _, attr = name.partition(":")
+    factory: loadgen.RequestFactory = getattr(importlib.import_module(module_name), attr)
     return factory
-
-
-@dataclass
-class _ClientReport:
-    index: int
-    completed: int = 0
-    errors: int = 0
-    issued: int = 0
-    cpu_seconds: float = 0.0
-    latencies: array[float] = field(default_factory=lambda: array("d"))
-    error: str = ""
-
-
-class _Window:
-    def __init__(self, start: float, end: float) -> None:
-        self.start = start
-        self.end = end
-
-
-@dataclass(frozen=True)
-class _Sync:
-    """multiprocessing primitives shared by the parent and the client processes."""
-
-    ready: Any  # Queue[int]: a client is connected
-    go: Any  # Event: window_times is set
-    window_times: Any  # Array("d", 2): monotonic start and end of the measured window
-    results: Any  # Queue[_ClientReport]
-
-
-async def _run_client(index: int, cfg: LoadConfig, sync: _Sync, report: _ClientReport) -> None:
-    requests = list(_resolve_factory(cfg.request_factory)(index, cfg.payload))
-    if not requests:
-        raise ValueError("request factory returned no requests")
-    async with grpc.aio.insecure_channel(cfg.target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), _STARTUP_TIMEOUT)
-        sync.ready.put(index)
-        loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, sync.go.wait, _STARTUP_TIMEOUT):
-            raise TimeoutError("no go signal")
-        window = _Window(sync.window_times[0], sync.window_times[1])
-        lat = report.latencies
-        n_requests = len(requests)
-
-        def finish(t0: float, t1: float) -> None:
-            if window.start <= t1 <= window.end:
-                report.completed += 1
-                lat.append(t1 - t0)
-
-        def may_issue() -> bool:
-            return (
-                time.monotonic() < window.end
-                and report.issued < cfg.max_requests_per_client
-                and report.errors < _MAX_ERRORS_PER_CLIENT
-            )
-
-        async def unary_worker(slot: int) -> None:
-            call = channel.unary_unary(
-                cfg.resolved_method, request_serializer=_identity, response_deserializer=_identity
-            )
-            i = slot
-            while may_issue():
-                report.issued += 1
-                request = requests[i % n_requests]
-                i += cfg.inflight  # slots interleave: each request is sent once per pass
-                t0 = time.monotonic()
-                try:
-                    await call(request, timeout=cfg.call_timeout)
-                except grpc.aio.AioRpcError:
-                    report.errors += 1
-                    continue
-                finish(t0, time.monotonic())
-
-        async def stream_worker(slot: int) -> None:
-            stream = channel.stream_stream(
-                cfg.resolved_method, request_serializer=_identity, response_deserializer=_identity
-            )
-            call = stream()
-            i = slot
-            try:
-                while may_issue():
-                    report.issued += 1
-                    request = requests[i % n_requests]
-                    i += cfg.inflight  # slots interleave: each request is sent once per pass
-                    t0 = time.monotonic()
-                    await call.write(request)
-                    response = await call.read()
-                    if response is grpc.aio.EOF:
-                        report.errors += 1
-                        return
-                    finish(t0, time.monotonic())
-                await call.done_writing()
-                await asyncio.wait_for(call.code(), cfg.call_timeout)
-            except grpc.aio.AioRpcError:
-                report.errors += 1
-
-        async def cpu_sampler() -> None:
-            await asyncio.sleep(max(0.0, window.start - time.monotonic()))
-            before = _self_cpu_seconds()
-            await asyncio.sleep(max(0.0, window.end - time.monotonic()))
-            report.cpu_seconds = _self_cpu_seconds() - before
-
-        worker = unary_worker if cfg.kind == "unary" else stream_worker
-        async with asyncio.timeout(window.end - time.monotonic() + cfg.call_timeout + 5):
-            await asyncio.gather(cpu_sampler(), *(worker(slot) for slot in range(cfg.inflight)))
-
-
-def _client_process(index: int, cfg: LoadConfig, sync: _Sync) -> None:
-    report = _ClientReport(index)
-    try:
-        asyncio.run(_run_client(index, cfg, sync, report))
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the run
-        report.error = f"{type(exc).__name__}: {exc}"
-    sync.results.put(report)
 
 
 @dataclass
@@ -407,88 +225,38 @@ class LoadResult:
         )
 
 
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    rank = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
-    return sorted_values[rank]
+def _load1() -> float:
+    return os.getloadavg()[0]
 
 
-def run_load(cfg: LoadConfig, server_pid: int | None = None, grpcio_server: str = "?") -> LoadResult:
-    """Drive ``cfg.target`` from ``cfg.clients`` processes; measure over a common window."""
-    cfg.validate()
-    ctx = mp.get_context("spawn")  # no fork after grpc is initialised
-    sync = _Sync(ready=ctx.Queue(), go=ctx.Event(), window_times=ctx.Array("d", 2), results=ctx.Queue())
-    procs = [ctx.Process(target=_client_process, args=(i, cfg, sync), daemon=True) for i in range(cfg.clients)]
+# LoadResult's fields that are loadgen's figures under the same names.
+_FROM_FIGURES = (
+    "kind", "clients", "inflight", "seconds", "completed", "errors", "rps", "p50_ms", "p90_ms", "p99_ms", "max_ms",
+    "server_cpu_us_per_req", "server_cpu_core_fraction", "server_ctx_switches_per_req",
+    "client_cpu_us_per_req", "client_cpu_core_fraction",
+)  # fmt: skip
+
+
+def run_load(spec: loadgen.LoadSpec, server_pid: int | None = None, grpcio_server: str = "?") -> LoadResult:
+    """Drive ``spec.target`` with `benchmarks.loadgen`; the figures in this benchmark's own format."""
     load_before = _load1()
-    for proc in procs:
-        proc.start()
-    reports: list[_ClientReport] = []
-    try:
-        deadline = time.monotonic() + _STARTUP_TIMEOUT
-        for _ in procs:
-            sync.ready.get(timeout=max(0.1, deadline - time.monotonic()))
-        start = time.monotonic() + cfg.warmup
-        end = start + cfg.seconds
-        sync.window_times[0], sync.window_times[1] = start, end
-        sync.go.set()
-        time.sleep(max(0.0, start - time.monotonic()))
-        cpu0 = process_cpu_seconds(server_pid) if server_pid else 0.0
-        csw0 = process_context_switches(server_pid) if server_pid else 0
-        time.sleep(max(0.0, end - time.monotonic()))
-        cpu1 = process_cpu_seconds(server_pid) if server_pid else 0.0
-        csw1 = process_context_switches(server_pid) if server_pid else 0
-        load_after = _load1()
-        collect_deadline = time.monotonic() + cfg.call_timeout + 15
-        for _ in procs:
-            reports.append(sync.results.get(timeout=max(0.1, collect_deadline - time.monotonic())))
-    finally:
-        for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
-    failures = [r.error for r in reports if r.error]
-    if failures:
-        raise RuntimeError(f"client failures: {failures}")
-
-    completed = sum(r.completed for r in reports)
-    latencies = sorted(x for r in reports for x in r.latencies)
-    client_cpu = sum(r.cpu_seconds for r in reports)
-    per_req = 1e6 / completed if completed else float("nan")
+    figures = loadgen.run(spec, server_pid=server_pid)
     return LoadResult(
         grpcio_client=grpc.__version__,
         grpcio_server=grpcio_server,
-        target=cfg.target,
-        method=cfg.resolved_method,
-        kind=cfg.kind,
-        clients=cfg.clients,
-        inflight=cfg.inflight,
-        payload=cfg.payload,
-        seconds=cfg.seconds,
-        completed=completed,
-        errors=sum(r.errors for r in reports),
-        rps=completed / cfg.seconds,
-        p50_ms=1e3 * _percentile(latencies, 0.50),
-        p90_ms=1e3 * _percentile(latencies, 0.90),
-        p99_ms=1e3 * _percentile(latencies, 0.99),
-        max_ms=1e3 * latencies[-1] if latencies else float("nan"),
-        server_cpu_us_per_req=(cpu1 - cpu0) * per_req if server_pid else None,
-        server_cpu_core_fraction=(cpu1 - cpu0) / cfg.seconds if server_pid else None,
-        server_ctx_switches_per_req=(csw1 - csw0) * per_req / 1e6 if server_pid else None,
-        client_cpu_us_per_req=client_cpu * per_req,
-        client_cpu_core_fraction=client_cpu / cfg.seconds,
+        target=spec.target,
+        method=spec.method,
+        payload=spec.payload,
         load1_before=load_before,
-        load1_after=load_after,
+        load1_after=_load1(),
+        **{name: getattr(figures, name) for name in _FROM_FIGURES},
     )
 
 
-def run_echo_benchmark(cfg_template: LoadConfig | None = None, server_python: str | None = None) -> LoadResult:
-    """Start the echo server in its own process, drive it with ``run_load``, stop it."""
-    base = cfg_template or LoadConfig(target="")
+def run_echo_benchmark(spec: loadgen.LoadSpec, server_python: str | None = None) -> LoadResult:
+    """Start the echo server in its own process, drive it with ``spec`` (its target replaced), stop it."""
     with EchoServerProcess(python=server_python) as server:
-        cfg = replace(base, target=server.target)
-        return run_load(cfg, server_pid=server.pid, grpcio_server=server.grpcio_version)
+        return run_load(replace(spec, target=server.target), server_pid=server.pid, grpcio_server=server.grpcio_version)
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -527,22 +295,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_only:
         asyncio.run(serve(args.port, args.host))
         return 0
-    cfg = LoadConfig(
-        target=args.target or "",
+    spec = loadgen.LoadSpec(
+        target=args.target or "127.0.0.1:0",  # without --target: the echo server's, once it listens
+        method=args.method or (UNARY_METHOD if args.kind == "unary" else STREAM_METHOD),
+        request_factory=_resolve_factory(args.requests),
         kind=args.kind,
-        method=args.method,
         clients=args.clients,
         inflight=args.inflight,
-        payload=args.payload,
         seconds=args.seconds,
         warmup=args.warmup,
+        payload=args.payload,
+        repeat=True,
         max_requests_per_client=args.max_requests,
-        request_factory=args.requests,
     )
+    spec.validate()  # before starting a server
     if args.target:
-        result = run_load(cfg, server_pid=args.server_pid)
+        result = run_load(spec, server_pid=args.server_pid)
     else:
-        result = run_echo_benchmark(cfg, server_python=args.server_python)
+        result = run_echo_benchmark(spec, server_python=args.server_python)
     result.extra["label"] = args.label
     if args.json is None or args.json != "-":
         print(result.summary(), flush=True)

@@ -1,7 +1,8 @@
-"""The load generator of `make bench`: several client processes, closed loop or a fixed offered rate.
+"""The one load generator of the benchmarks: several client processes, closed loop or a fixed offered rate.
 
 Two ways to load a loopback gRPC server with pre-serialised requests (`request_factory`, called in
-each client process as `factory(client_index, 300)`; see `benchmarks.traffic.PoolSlice`):
+each client process as `factory(client_index, payload)`; see `benchmarks.traffic.PoolSlice` and
+`benchmarks.grpc_echo.echo_requests`):
 
 * **closed loop** (`rate=None`): each client process keeps `inflight` calls outstanding, each slot
   sending its next call when its last one answers: throughput at saturation. Unary calls, or
@@ -11,86 +12,126 @@ each client process as `factory(client_index, 300)`; see `benchmarks.traffic.Poo
   `max_outstanding`): latency at a given load, without the coordinated omission of a closed loop,
   where a slow answer delays the next request and hides the queueing it caused.
 
-It is `benchmarks.grpc_echo`'s client with one difference that matters here: the slots of a client
-take the *next unsent* request of its list, so no request is sent twice while the list lasts.
-(`grpc_echo.run_load` starts slot *s* at request *s* and steps by one, so its 16 slots send each
-request 16 times: harmless for an echo, but the real service answers a repeated request_id from its
-idempotency record, far more cheaply than a screening.) Measurement is `grpc_echo`'s: a common
-window after a warm-up; calls that complete inside it count; server CPU from /proc/<pid>/stat
-(all threads) over the window; client CPU from getrusage of each client process over the window.
+The slots of a client take the *next unsent* request of its list, so no request is sent twice while
+the list lasts: the real service answers a repeated request_id from its idempotency record, far
+more cheaply than a screening. A client whose list is used up stops (`ran_dry`), unless `repeat`
+cycles the list (for the echo server, where a repeat costs what the first call did) or
+`max_requests_per_client` stops it earlier.
 
-In open loop, latency is measured from the moment a call is sent; the schedule slip (send time
-minus scheduled time) is reported too: a p99 slip beyond a millisecond or two means the client was
-late (CPU-starved), and `p99_from_schedule_ms` (latency counted from the scheduled time, slip
-included) is the conservative figure.
+Measurement: a common window after a warm-up; calls that complete inside it count; server CPU
+from /proc/<pid>/stat (all threads) over the window; client CPU from getrusage of each client
+process over the window; per-request figures divide by the completed calls. In open loop, latency
+is measured from the moment a call is sent; the schedule slip (send time minus scheduled time) is
+reported too: a p99 slip beyond a millisecond or two means the client was late (CPU-starved), and
+`p99_from_schedule_ms` (latency counted from the scheduled time, slip included) is the conservative
+figure.
+
+Needs only grpcio (no project imports), so `benchmarks.grpc_echo` runs it inside throwaway venvs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import random
 import resource
+import sys
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import grpc
 import grpc.aio
 
-from benchmarks.grpc_echo import (
-    STREAM_METHOD,
-    UNARY_METHOD,
-    RequestFactory,
-    echo_requests,
-    process_context_switches,
-    process_cpu_seconds,
-)
-
 _STARTUP_TIMEOUT = 60.0
 _MAX_RATE = 50_000.0
 _MAX_SECONDS = 600.0
+_MAX_CLIENTS = 64
+_MAX_INFLIGHT = 4096
 _MAX_ERRORS = 1000
+_LOOPBACK_HOSTS = frozenset({"localhost", "::1", "[::1]"})
 
 Kind = Literal["unary", "stream"]
+# (client_index, payload_bytes) -> the client's serialized requests, in the order it sends them.
+RequestFactory = Callable[[int, int], Sequence[bytes]]
 
 
 def _identity(data: bytes) -> bytes:
     return data
 
 
+# ------------------------------------------------------------------------------------- process stats
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of a process, all threads (from /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    rest = stat[stat.rindex(")") + 2 :].split()  # fields from #3 (state) on
+    utime, stime = int(rest[11]), int(rest[12])  # fields #14 and #15
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def process_context_switches(pid: int) -> int:
+    """Voluntary + involuntary context switches summed over the live threads of a process."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+    return total
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [float(x) for x in open("/proc/stat").readline().split()[1:]]  # noqa: SIM115 - one line
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+# ------------------------------------------------------------------------------------------- clients
+
+
 @dataclass(frozen=True)
 class LoadSpec:
     target: str
+    method: str  # the full method path, e.g. /riskgate.v1.Screening/Screen
+    request_factory: RequestFactory
     kind: Kind = "unary"
-    method: str = ""  # default: the echo method of `kind`
     clients: int = 3
     inflight: int = 8  # closed loop: calls (or streams) in flight per client
     rate: float | None = None  # open loop: total offered calls per second
     seconds: float = 8.0
     warmup: float = 1.5
-    request_factory: RequestFactory | None = None
+    payload: int = 300  # the factory's second argument (request bytes, for factories that take it)
+    repeat: bool = False  # cycle the request list instead of stopping when it is used up
+    max_requests_per_client: int | None = None  # stop each client after this many calls
     call_timeout: float = 10.0
     max_outstanding: int = 2000  # open loop, per client: beyond it a scheduled call is dropped and counted
     seed: int = 1
 
-    @property
-    def resolved_method(self) -> str:
-        return self.method or (UNARY_METHOD if self.kind == "unary" else STREAM_METHOD)
-
     def validate(self) -> None:
         host = self.target.rsplit(":", 1)[0]
-        if not host.startswith("127.") and host not in ("localhost", "[::1]"):
+        if not host.startswith("127.") and host not in _LOOPBACK_HOSTS:
             raise ValueError(f"loopback targets only, got {self.target!r}")
         if self.rate is not None and (not 0 < self.rate <= _MAX_RATE or self.kind != "unary"):
             raise ValueError(f"rate must be in (0, {_MAX_RATE:g}] and only for unary calls")
         if not 0 < self.seconds <= _MAX_SECONDS or not 0 <= self.warmup <= _MAX_SECONDS:
             raise ValueError("seconds must be in (0, 600], warmup in [0, 600]")
-        if not 1 <= self.clients <= 32 or not 1 <= self.inflight <= 1024:
-            raise ValueError("clients must be in [1, 32], inflight in [1, 1024]")
+        if not 1 <= self.clients <= _MAX_CLIENTS or not 1 <= self.inflight <= _MAX_INFLIGHT:
+            raise ValueError(f"clients must be in [1, {_MAX_CLIENTS}], inflight in [1, {_MAX_INFLIGHT}]")
+        if self.payload < 0 or (self.max_requests_per_client is not None and self.max_requests_per_client < 1):
+            raise ValueError("payload must be >= 0 and max_requests_per_client >= 1")
 
 
 @dataclass
@@ -115,20 +156,22 @@ class _Client:
         self.spec = spec
         self.sync = sync
         self.report = _Report(index)
-        factory: RequestFactory = spec.request_factory or echo_requests
-        self.requests = list(factory(index, 300))
+        self.requests = list(spec.request_factory(index, spec.payload))
         if not self.requests:
             raise ValueError("the request factory returned no requests")
-        self.next = 0
+        self.limit = sys.maxsize if spec.repeat else len(self.requests)
+        if spec.max_requests_per_client is not None:
+            self.limit = min(self.limit, spec.max_requests_per_client)
+        self.sent = 0
         self.start = self.end = 0.0
 
     def take(self) -> bytes | None:
-        """The next unsent request, or None when the list is used up (reported: the run ran dry)."""
-        if self.next >= len(self.requests):
+        """The next unsent request, or None when the client is done (reported: the run ran dry)."""
+        if self.sent >= self.limit:
             self.report.exhausted = True
             return None
-        self.next += 1
-        return self.requests[self.next - 1]
+        self.sent += 1
+        return self.requests[(self.sent - 1) % len(self.requests)]
 
     def sending(self) -> bool:
         return time.monotonic() < self.end and self.report.errors < _MAX_ERRORS
@@ -168,9 +211,7 @@ class _Client:
         self.report.cpu_seconds = _self_cpu() - before
 
     async def _unary_slot(self, channel: grpc.aio.Channel) -> None:
-        call = channel.unary_unary(
-            self.spec.resolved_method, request_serializer=_identity, response_deserializer=_identity
-        )
+        call = channel.unary_unary(self.spec.method, request_serializer=_identity, response_deserializer=_identity)
         while self.sending():
             request = self.take()
             if request is None:
@@ -184,9 +225,7 @@ class _Client:
             self.done(sent, time.monotonic())
 
     async def _stream_slot(self, channel: grpc.aio.Channel) -> None:
-        stream = channel.stream_stream(
-            self.spec.resolved_method, request_serializer=_identity, response_deserializer=_identity
-        )
+        stream = channel.stream_stream(self.spec.method, request_serializer=_identity, response_deserializer=_identity)
         call = stream()
         try:
             while self.sending():
@@ -208,7 +247,7 @@ class _Client:
     async def _open_loop(self, channel: grpc.aio.Channel) -> None:
         spec = self.spec
         assert spec.rate is not None
-        call = channel.unary_unary(spec.resolved_method, request_serializer=_identity, response_deserializer=_identity)
+        call = channel.unary_unary(spec.method, request_serializer=_identity, response_deserializer=_identity)
         rng = random.Random(spec.seed * 1000 + self.index)
         per_client = spec.rate / spec.clients
         outstanding: set[asyncio.Task[None]] = set()
@@ -242,11 +281,6 @@ class _Client:
             await asyncio.wait(outstanding, timeout=spec.call_timeout + 1)
 
 
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _client_process(index: int, spec: LoadSpec, sync: dict[str, Any]) -> None:
     report = _Report(index)
     try:
@@ -256,6 +290,9 @@ def _client_process(index: int, spec: LoadSpec, sync: dict[str, Any]) -> None:
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the run
         report.error = f"{type(exc).__name__}: {exc}"
     sync["results"].put(report)
+
+
+# ------------------------------------------------------------------------------------------- figures
 
 
 @dataclass
@@ -316,13 +353,6 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     rank = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
     return sorted_values[rank]
-
-
-def _cpu_times() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine."""
-    fields = [float(x) for x in open("/proc/stat").readline().split()[1:]]  # noqa: SIM115 - one line
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
 
 
 def run(

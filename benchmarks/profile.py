@@ -149,9 +149,10 @@ def profile(seconds: float, rate: int, clients: int, inflight: int, pool_events:
         with ScreeningStack() as stack:
             warm = PoolSlice(str(pool.path), "pwarm", clients, repeats)
             spec = loadgen.LoadSpec(
-                target=stack.address, method=SCREEN_METHOD, clients=clients, inflight=inflight, seconds=3, warmup=0.5
-            )
-            loadgen.run(loadgen.LoadSpec(**{**spec.__dict__, "request_factory": warm}))
+                target=stack.address, method=SCREEN_METHOD, request_factory=warm, clients=clients, inflight=inflight,
+                seconds=3, warmup=0.5,
+            )  # fmt: skip
+            loadgen.run(spec)
             factory = PoolSlice(str(pool.path), "prof", clients, repeats)
             result: dict[str, Any] = {}
 

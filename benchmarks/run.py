@@ -1,10 +1,11 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak,first,access,identity] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak,first,access,identity,mux] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
-2. rules alone (`benchmarks.rules_bench`): our durable_rules adapter against GoRules ZEN;
+2. rules alone (`benchmarks.rules_bench`): our durable_rules adapter against GoRules ZEN, by case (event
+   kind, a rule fired or not), and the counters' `where` filters: closures against durable_rules;
 3. counters alone (`benchmarks.counters_bench`, run as its own process): the counter round trip and
    Redis memory per entity at full windows;
 4. fairness (`benchmarks.fairness`): a victim client's unary p50 / p99 alone, beside 2,000 idle
@@ -17,7 +18,9 @@
    token and certificate, against validating one transfer;
 8. identity (`benchmarks.identity compare --base HEAD`): the working tree's decisions on a 6,000-event
    synth stream against those of the last commit (a temporary git worktree), field by field but for
-   decision_id, decided_at and evaluation_time; fails on any difference or degraded decision.
+   decision_id, decided_at and evaluation_time; fails on any difference or degraded decision;
+9. mux (`benchmarks.mux_bench`): how soon the multiplexed Redis connection fails its waiters: after
+   Redis is killed, after stale_after from a silent peer, after connect_timeout connecting to one.
 
 Loopback only; bounded (about 25 minutes on a 2-core machine, of which the soak about 16 at
 ~1,050 screenings/s; `--quick` about 5.5, the soak 150,000 screenings). Every result
@@ -40,10 +43,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import access_bench, e2e, fairness, first_request, identity, rules_bench, soak
+from benchmarks import access_bench, e2e, fairness, first_request, identity, mux_bench, rules_bench, soak
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
-PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first", "access", "identity")
+PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first", "access", "identity", "mux")
 _COUNTERS_TIMEOUT = 240
 
 
@@ -75,35 +78,17 @@ def run_counters(quick: bool) -> Json:
     return figures
 
 
-def run_fairness(quick: bool) -> Json:
-    return fairness.run_part(quick)
-
-
-def run_soak(quick: bool) -> Json:
-    return soak.run_part(quick)
-
-
-def run_first(quick: bool) -> Json:
-    return first_request.run_part(quick)
-
-
-def run_access(quick: bool) -> Json:
-    return access_bench.run_part(quick)
-
-
-def run_identity(quick: bool) -> Json:
-    return identity.run_part(quick)
-
-
 RUNNERS: dict[str, Callable[[bool], Json]] = {
     "e2e": run_e2e,
     "rules": run_rules,
     "counters": run_counters,
-    "fairness": run_fairness,
-    "soak": run_soak,
-    "first": run_first,
-    "access": run_access,
-    "identity": run_identity,
+    # the parts whose own entry point is run_part(quick)
+    "fairness": fairness.run_part,
+    "soak": soak.run_part,
+    "first": first_request.run_part,
+    "access": access_bench.run_part,
+    "identity": identity.run_part,
+    "mux": mux_bench.run_part,
 }
 
 

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from service._gen.riskgate.v1 import screening_pb2 as pb
-from service.synth.stream import generate
+from service.synth import generate
 
 _LENGTH = struct.Struct("<I")
 

@@ -1,9 +1,13 @@
-"""The multiplexed Redis connection against real redis-servers (TCP and a Unix socket) and silent peers."""
+"""The multiplexed Redis connection against real redis-servers (TCP and a Unix socket) and silent peers.
+
+Behaviour only, checked by what happened and in which order, never by how long it took: where a
+timeout decides, the multiplexer's clock is a `FakeClock` the test moves. How soon the failures
+come is measured by `benchmarks.mux_bench` (`python -m benchmarks.run --only mux`).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import Unsupported
+from service.redis import mux as mux_module
 from service.redis.embedded import EmbeddedRedis, RedisOptions
 from service.redis.mux import Multiplexer
 
@@ -37,6 +42,42 @@ async def client_id(mux: Multiplexer) -> int:
     (reply,) = await mux.exchange(*batch(("CLIENT", "ID")))
     assert isinstance(reply, int)
     return reply
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Let the loop run until `condition()` holds (pytest-timeout bounds a condition that never does)."""
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def waiting(mux: Multiplexer, count: int) -> bool:
+    """`count` exchanges wait for replies on the connection, all of them written to the socket."""
+    link = mux._link
+    return link is not None and len(link.waiters) == count and not link.flush_scheduled
+
+
+class FakeClock:
+    """The multiplexer's `monotonic`, moved by the test; counts its reads (the stale timer reads it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        return self.now
+
+    async def next_read(self) -> None:
+        """Until someone (here: the stale timer, when nothing else runs) reads the clock again."""
+        before = self.reads
+        await until(lambda: self.reads > before)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(mux_module, "monotonic", fake)
+    return fake
 
 
 @pytest.fixture
@@ -153,6 +194,26 @@ async def test_concurrent_exchanges_each_get_their_own_replies(mux: Multiplexer)
     assert len({connection for _, connection in results}) == 1, "one connection for everyone"
 
 
+async def test_exchanges_queued_together_go_out_in_one_write(unix_mux: Multiplexer) -> None:
+    """The first exchange is written at once (alone); those queued behind it in the same loop
+    iteration share one write at its end."""
+    await client_id(unix_mux)
+    link = unix_mux._link
+    assert link is not None and link.transport is not None
+    transport = link.transport
+    writes: list[bytes] = []
+    write = transport.write
+
+    def counting_write(data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        write(data)
+
+    transport.write = counting_write  # type: ignore[method-assign]
+    replies = await asyncio.gather(*(unix_mux.exchange(*batch(("ECHO", f"m{i}"))) for i in range(10)))
+    assert replies == [[f"m{i}".encode()] for i in range(10)], "everyone answered, in order"
+    assert writes == [cmd("ECHO", "m0"), b"".join(cmd("ECHO", f"m{i}") for i in range(1, 10))]
+
+
 async def test_count_zero_sends_nothing(tcp_mux: Multiplexer) -> None:
     assert await tcp_mux.exchange(b"", 0) == []
 
@@ -229,7 +290,7 @@ async def test_a_cancelled_task_in_a_crowd(unix_mux: Multiplexer) -> None:
     before = await client_id(unix_mux)
     slow = asyncio.create_task(unix_mux.exchange(*batch(("DEBUG", "SLEEP", "0.1"), ("PING",))))
     others = [asyncio.create_task(unix_mux.exchange(*batch(("ECHO", str(i))))) for i in range(10)]
-    await asyncio.sleep(0.02)
+    await until(lambda: waiting(unix_mux, 11))
     slow.cancel()
     others[3].cancel()
     done = await asyncio.gather(*others, return_exceptions=True)
@@ -244,16 +305,17 @@ async def test_a_cancelled_task_in_a_crowd(unix_mux: Multiplexer) -> None:
 
 
 async def test_redis_killed_mid_flight_then_back(private_redis: EmbeddedRedis, closing: Callable[[Any], Any]) -> None:
-    mux = closing(Multiplexer({"path": str(private_redis.socket_path)}, stale_after=10.0))
+    # stale_after far beyond the DEBUG SLEEP: only the lost connection can fail them (a stale one
+    # would fail them with TimeoutError)
+    mux = closing(Multiplexer({"path": str(private_redis.socket_path)}, stale_after=60.0))
     assert await mux.exchange(*batch(("PING",))) == [b"PONG"]
-    in_flight = [asyncio.create_task(mux.exchange(*batch(("DEBUG", "SLEEP", "1"))))]
+    in_flight = [asyncio.create_task(mux.exchange(*batch(("DEBUG", "SLEEP", "5"))))]
     in_flight += [asyncio.create_task(mux.exchange(*batch(("ECHO", str(i))))) for i in range(5)]
-    await asyncio.sleep(0.1)
-    started = time.monotonic()
+    await until(lambda: waiting(mux, 6))
     private_redis.kill()
     results = await asyncio.gather(*in_flight, return_exceptions=True)
-    assert time.monotonic() - started < 1.0
-    assert all(isinstance(result, RedisConnectionError) for result in results), results
+    assert all(type(result) is RedisConnectionError for result in results), results
+    assert all(str(result).startswith("Connection to Redis lost") for result in results), results
     with pytest.raises(RedisConnectionError):  # nobody listens on the socket now
         await mux.exchange(*batch(("PING",)))
     private_redis.start()
@@ -263,15 +325,15 @@ async def test_redis_killed_mid_flight_then_back(private_redis: EmbeddedRedis, c
 
 async def test_server_closes_the_connection(unix_mux: Multiplexer, private_redis: EmbeddedRedis) -> None:
     first = await client_id(unix_mux)
-    waiting = asyncio.create_task(unix_mux.exchange(*batch(("BLPOP", "nothing", 5))))  # waits, Redis does not
-    await asyncio.sleep(0.05)
+    blocked = asyncio.create_task(unix_mux.exchange(*batch(("BLPOP", "nothing", 5))))  # waits, Redis does not
+    await until(lambda: waiting(unix_mux, 1))
     killer = redis.Redis(unix_socket_path=str(private_redis.socket_path))
     try:
         killer.client_kill_filter(_id=str(first))
     finally:
         killer.close()
     with pytest.raises(RedisConnectionError):
-        await waiting
+        await blocked
     assert await client_id(unix_mux) != first
 
 
@@ -284,38 +346,53 @@ async def test_connection_refused(closing: Callable[[Any], Any], tmp_path: Path)
             await mux.exchange(*batch(("PING",)))
 
 
-async def test_a_silent_peer_fails_exchanges_within_stale_after(closing: Callable[[Any], Any]) -> None:
+async def test_a_silent_peer_fails_every_exchange_once_the_oldest_has_waited_stale_after(
+    closing: Callable[[Any], Any], clock: FakeClock
+) -> None:
     server, port, writers = await silent_server()
     try:
-        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=0.3))
-        started = time.monotonic()
+        # the stale timer runs every 50 ms of the loop's time; what it decides by is the fake clock
+        stale_after = 0.05
+        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=stale_after))
         first = asyncio.create_task(mux.exchange(*batch(("PING",))))
-        await asyncio.sleep(0.1)
+        await until(lambda: waiting(mux, 1))
+        clock.now += 0.6 * stale_after
         second = asyncio.create_task(mux.exchange(*batch(("PING",))))
+        await until(lambda: waiting(mux, 2))
+        await clock.next_read()  # the timer: the oldest has waited 0.6 * stale_after
+        await asyncio.sleep(0)
+        assert not first.done() and not second.done(), "not before stale_after"
+        clock.now += 0.5 * stale_after  # the oldest has waited 1.1 * stale_after, the second 0.5 *
         results = await asyncio.gather(first, second, return_exceptions=True)
-        elapsed = time.monotonic() - started
-        assert all(isinstance(result, RedisTimeoutError) for result in results), results
-        assert 0.3 <= elapsed < 0.9, elapsed
-        # the next exchange connects again (and fails the same way)
-        with pytest.raises(RedisTimeoutError):
-            await mux.exchange(*batch(("PING",)))
+        assert all(type(result) is RedisTimeoutError for result in results), results
+        assert [str(result) for result in results] == ["No reply from Redis in 0.05 s"] * 2, "the second with the first"
+        # the next exchange connects again, and fails the same way
+        third = asyncio.create_task(mux.exchange(*batch(("PING",))))
+        await until(lambda: waiting(mux, 1))
         assert len(writers) == 2
+        clock.now += 1.1 * stale_after
+        with pytest.raises(RedisTimeoutError):
+            await third
     finally:
         await stop_silent_server(server, writers)
 
 
-async def test_a_stale_connection_is_dropped_by_the_next_exchange(closing: Callable[[Any], Any]) -> None:
+async def test_a_stale_connection_is_dropped_by_the_next_exchange(
+    closing: Callable[[Any], Any], clock: FakeClock
+) -> None:
     server, port, writers = await silent_server()
     try:
-        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=0.2))
-        with pytest.raises(TimeoutError):  # the caller's own, shorter budget
-            async with asyncio.timeout(0.05):
-                await mux.exchange(*batch(("PING",)))
-        await asyncio.sleep(0.25)  # the timer has dropped it by now; either way the next one reconnects
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(0.05):
-                await mux.exchange(*batch(("PING",)))
-        assert len(writers) == 2
+        # a stale timer that never fires here: only the next exchange can notice
+        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=600.0))
+        given_up = asyncio.create_task(mux.exchange(*batch(("PING",))))
+        await until(lambda: waiting(mux, 1))
+        given_up.cancel()  # the caller's own budget ran out; its waiter stays in the FIFO
+        stale = mux._link
+        clock.now += 601.0
+        next_one = asyncio.create_task(mux.exchange(*batch(("PING",))))
+        await until(lambda: len(writers) == 2 and waiting(mux, 1))
+        assert stale is not None and stale.dead and mux._link is not stale, "dropped, and connected again"
+        next_one.cancel()
     finally:
         await stop_silent_server(server, writers)
 
@@ -323,11 +400,12 @@ async def test_a_stale_connection_is_dropped_by_the_next_exchange(closing: Calla
 async def test_connecting_to_a_silent_peer_is_bounded_by_connect_timeout(closing: Callable[[Any], Any]) -> None:
     server, port, writers = await silent_server()
     try:
-        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port, "password": "pw"}, connect_timeout=0.2))
-        started = time.monotonic()
+        # stale_after far beyond connect_timeout: what stops the unanswered AUTH is connect_timeout
+        kwargs = {"host": "127.0.0.1", "port": port, "password": "pw"}
+        mux = closing(Multiplexer(kwargs, connect_timeout=0.2, stale_after=600.0))
         results = await asyncio.gather(*(mux.exchange(*batch(("PING",))) for _ in range(5)), return_exceptions=True)
-        assert all(isinstance(result, RedisTimeoutError) for result in results), results
-        assert time.monotonic() - started < 0.5
+        assert all(type(result) is RedisTimeoutError for result in results), results
+        assert {str(result) for result in results} == {f"Timeout connecting to Redis at 127.0.0.1:{port}"}
         assert len(writers) == 1, "one connect attempt for all the callers"
     finally:
         await stop_silent_server(server, writers)
@@ -337,10 +415,10 @@ async def test_aclose_while_connecting(closing: Callable[[Any], Any]) -> None:
     server, port, writers = await silent_server()
     try:
         mux = closing(Multiplexer({"host": "127.0.0.1", "port": port, "password": "pw"}, connect_timeout=5.0))
-        waiting = [asyncio.create_task(mux.exchange(*batch(("PING",)))) for _ in range(3)]
-        await asyncio.sleep(0.1)
+        callers = [asyncio.create_task(mux.exchange(*batch(("PING",)))) for _ in range(3)]
+        await until(lambda: len(writers) == 1)  # connected; AUTH unanswered
         await mux.aclose()
-        results = await asyncio.gather(*waiting, return_exceptions=True)
+        results = await asyncio.gather(*callers, return_exceptions=True)
         assert all(type(result) is RedisConnectionError for result in results), results
     finally:
         await stop_silent_server(server, writers)
@@ -352,11 +430,12 @@ async def test_a_peer_that_does_not_read_pauses_the_senders(closing: Callable[[A
         mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=0.5))
         big = cmd("SET", "k", b"x" * (8 << 20))
         first = asyncio.create_task(mux.exchange(big, 1))
-        await asyncio.sleep(0.1)
+        await until(lambda: waiting(mux, 1))
         link = mux._link
         assert link is not None and link.paused is not None, "the transport's buffer is full"
         later = [asyncio.create_task(mux.exchange(big, 1)) for _ in range(10)]
-        await asyncio.sleep(0.1)
+        for _ in range(3):  # each of them runs up to its wait
+            await asyncio.sleep(0)
         assert len(link.waiters) == 1, "the others wait to send instead of buffering 80 MiB"
         results = await asyncio.gather(first, *later, return_exceptions=True)
         assert isinstance(results[0], RedisTimeoutError)
@@ -397,7 +476,9 @@ async def test_a_reply_nobody_asked_for_drops_the_connection(closing: Callable[[
     try:
         mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}))
         assert await mux.exchange(*batch(("PING",))) == [b"PONG"]
-        await asyncio.sleep(0.05)
+        link = mux._link
+        assert link is not None
+        await until(lambda: link.dead)  # the second PONG came
         assert await mux.exchange(*batch(("PING",))) == [b"PONG"]
         assert len(writers) == 2, "out of step: connected again"
     finally:
@@ -406,11 +487,11 @@ async def test_a_reply_nobody_asked_for_drops_the_connection(closing: Callable[[
 
 async def test_aclose_fails_the_waiters_and_a_later_exchange_reconnects(unix_mux: Multiplexer) -> None:
     first = await client_id(unix_mux)
-    waiting = asyncio.create_task(unix_mux.exchange(*batch(("DEBUG", "SLEEP", "0.2"))))
-    await asyncio.sleep(0.02)
+    sleeping = asyncio.create_task(unix_mux.exchange(*batch(("DEBUG", "SLEEP", "0.2"))))
+    await until(lambda: waiting(unix_mux, 1))
     await unix_mux.aclose()
     with pytest.raises(RedisConnectionError):
-        await waiting
+        await sleeping
     assert await client_id(unix_mux) != first
 
 

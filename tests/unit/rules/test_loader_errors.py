@@ -109,7 +109,7 @@ def test_fixture_fails_with_exact_messages(case: str, monkeypatch: pytest.Monkey
 
 
 def test_every_error_fixture_directory_is_pinned() -> None:
-    on_disk = {p.name for p in FIXTURES.iterdir() if p.is_dir()} - {"rich", "bench25", "cases", "filters"}
+    on_disk = {p.name for p in FIXTURES.iterdir() if p.is_dir()} - {"rich", "starting25", "cases", "filters"}
     assert on_disk == set(EXPECTED)
 
 

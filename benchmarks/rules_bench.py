@@ -48,7 +48,7 @@ from benchmarks.traffic import read_requests, write_pool
 from service.domain import EventKind, Outcome
 from service.pipeline.facts import Scalar, facts
 from service.pipeline.validate import screen_request
-from service.riskdata.counters import CounterSpec, Filter, Predicate, counters_to_update
+from service.riskdata.counters.model import CounterSpec, Filter, Predicate, counters_to_update
 from service.rules.check import collect_reads
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import CompiledRuleset, build_ruleset

@@ -1,6 +1,7 @@
 """Velocity counters: declared in YAML (loader -> model), kept in Redis (store), window arithmetic in Numba (kernels).
 
-Public API::
+Public API, by module (this package imports none of them, so the counter declarations
+(model, loader) load without the Redis store: the rules directory reads them)::
 
     load_counters(path) -> CounterSpec              # raises SourceError (file:line: problem)
     counters_to_update(spec, kind, facts, predicate) -> frozenset[str]
@@ -11,42 +12,12 @@ Public API::
     store.prepare_retract(plan, token=) -> RetractPlan; store.queue_retract(pipe, retract)  # BLOCK
     store.pipeline() -> DirectPipeline (single Redis) | ClusterPipeline   # the cheapest shared pipe
     KeyHasher(secret)                               # HMAC-SHA256 of everything that reaches Redis
+
+    service.riskdata.counters.model    Aggregate, Counter, CounterSpec, Filter, Key, Predicate, ReadAs,
+                                       ValueInfo, Window, counters_to_update
+    service.riskdata.counters.loader   load_counters, parse_counters
+    service.riskdata.counters.store    CounterPlan, CounterStore, RetractPlan
+    service.riskdata.counters.kernels  the window arithmetic (Numba)
+    service.redis.keys                 KeyHasher, field_domain
+    service.redis.pipeline             DirectPipeline
 """
-
-from service.redis.keys import KeyHasher, field_domain
-from service.redis.pipeline import DirectPipeline
-from service.riskdata.counters.loader import load_counters, parse_counters
-from service.riskdata.counters.model import (
-    Aggregate,
-    Counter,
-    CounterSpec,
-    Filter,
-    Key,
-    Predicate,
-    ReadAs,
-    ValueInfo,
-    Window,
-    counters_to_update,
-)
-from service.riskdata.counters.store import CounterPlan, CounterStore, RetractPlan
-
-__all__ = [
-    "Aggregate",
-    "Counter",
-    "CounterPlan",
-    "CounterSpec",
-    "CounterStore",
-    "DirectPipeline",
-    "Filter",
-    "Key",
-    "KeyHasher",
-    "Predicate",
-    "ReadAs",
-    "RetractPlan",
-    "ValueInfo",
-    "Window",
-    "counters_to_update",
-    "field_domain",
-    "load_counters",
-    "parse_counters",
-]

@@ -29,7 +29,7 @@ REDIS_FREE = ("pipeline", "rules")  # layers whose import closure holds no modul
 
 
 def _modules() -> dict[str, Path]:
-    out = {}
+    out: dict[str, Path] = {}
     for path in sorted(SERVICE.rglob("*.py")):
         if "_gen" in path.parts:
             continue
@@ -62,7 +62,7 @@ def _imports(path: Path) -> Iterator[tuple[str, int]]:
 
 def _service_imports(module: str) -> set[str]:
     """The service modules `module` loads when imported: what it names, and their packages' __init__."""
-    out = set()
+    out: set[str] = set()
     for name, _ in _imports(MODULES[module]):
         if name.startswith("service.") and not name.startswith("service._gen") and name in MODULES:
             parts = name.split(".")

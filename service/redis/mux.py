@@ -75,10 +75,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from time import monotonic
 from typing import Any, Final
 
 import hiredis
@@ -140,10 +140,18 @@ class _Link(asyncio.Protocol):
 
     Once `dead` it never serves again; the multiplexer makes a new one."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reader: hiredis.Reader, stale_after: float, keepalive: bool):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        reader: hiredis.Reader,
+        stale_after: float,
+        keepalive: bool,
+        monotonic: Callable[[], float],
+    ):
         self.loop = loop
         self.reader = reader
         self.stale_after = stale_after
+        self.monotonic = monotonic
         self.keepalive = keepalive
         self.transport: asyncio.Transport | None = None
         self.waiters: deque[_Waiter] = deque()
@@ -255,7 +263,7 @@ class _Link(asyncio.Protocol):
         self.timer = None
         if self.dead or not self.waiters:
             return  # re-armed by the next submit
-        left = self.waiters[0].since + self.stale_after - monotonic()
+        left = self.waiters[0].since + self.stale_after - self.monotonic()
         if left <= 0:
             self.drop(RedisTimeoutError, f"No reply from Redis in {self.stale_after:g} s")
         else:
@@ -292,10 +300,12 @@ class Multiplexer:
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         stale_after: float = DEFAULT_STALE_AFTER,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """`connection_kwargs` as in a redis.asyncio connection pool's: `path` (a Unix socket) or
         `host` and `port`; `username`, `password` or `credential_provider`; `db`; `client_name`;
-        `decode_responses`, `encoding`, `encoding_errors`; `socket_keepalive`. Others are ignored."""
+        `decode_responses`, `encoding`, `encoding_errors`; `socket_keepalive`. Others are ignored.
+        `monotonic` is the clock waits are measured by (a test's clock in tests)."""
         if not 0 < connect_timeout < float("inf") or not 0 < stale_after < float("inf"):
             raise ValueError("connect_timeout and stale_after must be positive and finite")
         if connection_kwargs.get("protocol") not in (None, 2, "2"):
@@ -323,6 +333,7 @@ class Multiplexer:
             self._reader_kwargs["errors"] = connection_kwargs.get("encoding_errors") or "strict"
         self._connect_timeout = connect_timeout
         self._stale_after = stale_after
+        self._monotonic = monotonic
         self._link: _Link | None = None
         self._connecting: asyncio.Task[_Link] | None = None
 
@@ -361,7 +372,7 @@ class Multiplexer:
         than `connect_timeout` or Redis has not answered the oldest exchange in `stale_after`."""
         if count <= 0:
             return []
-        now = monotonic()
+        now = self._monotonic()
         link = self._link
         if link is None or link.dead or link.loop is not asyncio.get_running_loop():
             link = await self._connect()
@@ -370,7 +381,7 @@ class Multiplexer:
             link = await self._connect()
         while link.paused is not None:
             await asyncio.shield(link.paused)
-            now = monotonic()
+            now = self._monotonic()
         return await link.submit(packed, count, now)
 
     async def aclose(self) -> None:
@@ -423,7 +434,9 @@ class Multiplexer:
 
         def protocol() -> _Link:
             nonlocal link
-            link = _Link(loop, hiredis.Reader(**self._reader_kwargs), self._stale_after, self._keepalive)
+            link = _Link(
+                loop, hiredis.Reader(**self._reader_kwargs), self._stale_after, self._keepalive, self._monotonic
+            )
             return link
 
         where = self._path if self._path is not None else f"{self._host}:{self._port}"
@@ -460,7 +473,7 @@ class Multiplexer:
             commands.append(pack_command(("SELECT", self._db)))
         if not commands:
             return
-        replies = await link.submit(b"".join(commands), len(commands), monotonic())
+        replies = await link.submit(b"".join(commands), len(commands), self._monotonic())
         if self._credentials is not None:
             reply = replies.pop(0)
             if isinstance(reply, AuthenticationError):

@@ -20,7 +20,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import Unsupported
-from service.redis import mux as mux_module
 from service.redis.embedded import EmbeddedRedis, RedisOptions
 from service.redis.mux import Multiplexer
 
@@ -57,7 +56,8 @@ def waiting(mux: Multiplexer, count: int) -> bool:
 
 
 class FakeClock:
-    """The multiplexer's `monotonic`, moved by the test; counts its reads (the stale timer reads it)."""
+    """The multiplexer's clock (its `monotonic`), moved by the test; counts its reads (the stale
+    timer reads it)."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -74,10 +74,8 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(mux_module, "monotonic", fake)
-    return fake
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -353,7 +351,7 @@ async def test_a_silent_peer_fails_every_exchange_once_the_oldest_has_waited_sta
     try:
         # the stale timer runs every 50 ms of the loop's time; what it decides by is the fake clock
         stale_after = 0.05
-        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=stale_after))
+        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=stale_after, monotonic=clock))
         first = asyncio.create_task(mux.exchange(*batch(("PING",))))
         await until(lambda: waiting(mux, 1))
         clock.now += 0.6 * stale_after
@@ -383,7 +381,7 @@ async def test_a_stale_connection_is_dropped_by_the_next_exchange(
     server, port, writers = await silent_server()
     try:
         # a stale timer that never fires here: only the next exchange can notice
-        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=600.0))
+        mux = closing(Multiplexer({"host": "127.0.0.1", "port": port}, stale_after=600.0, monotonic=clock))
         given_up = asyncio.create_task(mux.exchange(*batch(("PING",))))
         await until(lambda: waiting(mux, 1))
         given_up.cancel()  # the caller's own budget ran out; its waiter stays in the FIFO

@@ -15,7 +15,8 @@ replay). Three things keep it so (the last two are Linux-only: prctl, /proc):
 - `riskgate.lock` in the directory is held with flock while we own it, so a
   second riskgate on the same directory is refused.
 - The child asks the kernel for SIGTERM when its parent dies
-  (prctl PR_SET_PDEATHSIG), so a SIGKILLed or crashed riskgate does not leave
+  (PR_SET_PDEATHSIG, set by `setpriv --pdeathsig` before it execs redis-server,
+  or by a preexec_fn where there is no setpriv), so a SIGKILLed or crashed riskgate does not leave
   its redis-server running. The kernel sends it when the *thread* that forked
   the child ends, so `start()` must run on a thread that outlives the server:
   the main thread, not a short-lived worker.
@@ -94,6 +95,17 @@ def _prctl() -> Callable[[int, int, int, int, int], int] | None:
     function.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     function.restype = ctypes.c_int
     return function
+
+
+def _with_parent_death_signal() -> list[str]:
+    """`setpriv --pdeathsig TERM --`, to put before the command: util-linux's setpriv sets the
+    parent-death signal and execs redis-server, so no Python runs between fork and exec. (A
+    preexec_fn does, and crashed a child when another thread held a lock at the fork.) Empty when
+    there is no setpriv: `_die_with_parent` is the preexec_fn used then."""
+    if not sys.platform.startswith("linux"):
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def _die_with_parent(parent: int) -> Callable[[], None] | None:
@@ -222,14 +234,16 @@ class EmbeddedRedis:
             self._stop_leftover_servers()
             executable = find_redis_server()
             self.conf_path.write_text(self._config())
+            launcher = _with_parent_death_signal()
             try:
                 self._process = subprocess.Popen(
-                    [executable, str(self.conf_path)],
+                    [*launcher, executable, str(self.conf_path)],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.PIPE,
                     start_new_session=True,  # a Ctrl-C in the terminal goes to us, and we stop redis in order
-                    preexec_fn=_die_with_parent(os.getpid()),  # noqa: PLW1509 - only prctl and getppid run there
+                    # only without setpriv; only prctl and getppid run there
+                    preexec_fn=None if launcher else _die_with_parent(os.getpid()),  # noqa: PLW1509
                 )
             except (OSError, subprocess.SubprocessError) as error:
                 raise RedisLaunchError(f"cannot run {executable} for {self.data_dir}: {error}") from error

@@ -73,7 +73,7 @@ def _optional_path(value: str, name: str) -> Path | None:
 
 
 def _redis_url(value: str, name: str) -> str | None:
-    if not value.strip():
+    if value == "":
         return None  # the embedded redis-server
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"{name}={value!r}: expected a redis://, rediss:// or unix:// URL")

@@ -63,6 +63,9 @@ class FieldSpec:
     # For enum-like STRING fields: every value facts() can produce. Rule
     # checking rejects a comparison with any other value (it could never hold).
     choices: frozenset[str] | None = None
+    # Why a field is shown (evidence, reason formats) but never read by a condition, a counter's
+    # sum, filter or key; None for the fields rules read.
+    shown_only: str | None = None
 
 
 ALL_KINDS = frozenset(EventKind)
@@ -228,10 +231,20 @@ _EVENT_FIELDS: tuple[tuple[str, FieldType, frozenset[EventKind], str, bool], ...
 )
 
 
+# A transfer's amount in its own currency: shown beside the CNY amount, never compared or summed
+# (thresholds and counters are in CNY, and sums across currencies would mean nothing).
+_SHOWN_ONLY = {
+    "transfer.original_amount_fen": (
+        "is the amount in the transfer's own currency, shown in evidence and by {transfer.amount_fen:money}: "
+        "compare and sum transfer.amount_fen, the amount in CNY"
+    ),
+}
+
+
 def _catalogue() -> dict[str, FieldSpec]:
     fields: dict[str, FieldSpec] = {}
     for name, ftype, kinds, description, optional in _EVENT_FIELDS:
-        fields[name] = FieldSpec(name, ftype, kinds, description, optional, _CHOICES.get(name))
+        fields[name] = FieldSpec(name, ftype, kinds, description, optional, _CHOICES.get(name), _SHOWN_ONLY.get(name))
     for role, kinds in _ROLES.items():
         for leaf, ftype, description, optional in _PERSON_FIELDS:
             name = f"{role}.{leaf}"

@@ -23,11 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from pathlib import Path
 
 from service.errors import FieldProblem, ValidationError
 
 CNY = "CNY"
+MAX_CNY_FEN = 10**14  # what validation allows a CNY amount: counters' sums stay exact (below 2^53)
 _ONE = Decimal(1)
 
 
@@ -53,10 +55,17 @@ class ExchangeRates:
         rate = self.rates.get(currency)
         if rate is None:
             raise ValidationError([FieldProblem("transfer.currency", self._no_rate(currency))])
-        return int((rate * amount_fen).quantize(_ONE, rounding=ROUND_HALF_EVEN))
+        with localcontext(prec=40):  # exact for any amount up to 10^14 and any rate the file allows
+            cny = int((rate * amount_fen).quantize(_ONE, rounding=ROUND_HALF_EVEN))
+        if cny > MAX_CNY_FEN:
+            raise ValidationError(
+                [FieldProblem("transfer.amount_fen", f"must be at most 10^14 fen once converted to CNY ({currency})")]
+            )
+        return cny
 
     def _no_rate(self, currency: str) -> str:
-        where = self.file or "rates.yaml in the rules directory"
+        # The file's name, not its path: the path is the server's business, not the client's.
+        where = Path(self.file).name if self.file else "rates.yaml in the rules directory"
         if not self.rates:
             return f"only CNY is accepted: {where} gives no exchange rates"
         return f"no exchange rate for {currency} in {where} (accepted: {', '.join(self.known())})"

@@ -104,8 +104,22 @@ def _with_parent_death_signal() -> list[str]:
     there is no setpriv: `_die_with_parent` is the preexec_fn used then."""
     if not sys.platform.startswith("linux"):
         return []
+    return list(_setpriv_pdeathsig())
+
+
+@functools.cache
+def _setpriv_pdeathsig() -> tuple[str, ...]:
+    """The setpriv prefix when this machine's setpriv has --pdeathsig (util-linux 2.33 and later;
+    RHEL 8's and busybox's do not), tried once; empty otherwise."""
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    if setpriv is None:
+        return ()
+    prefix = (setpriv, "--pdeathsig", "TERM", "--")
+    try:
+        tried = subprocess.run([*prefix, "true"], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return prefix if tried.returncode == 0 else ()
 
 
 def _die_with_parent(parent: int) -> Callable[[], None] | None:

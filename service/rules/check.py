@@ -133,6 +133,11 @@ class Checker:
                 self.problem(f"'{name}' can only follow 'in', as in 'transfer.payee_account in {name}'")
             return None
         spec = FIELDS.get(name)
+        if spec is not None and spec.shown_only is not None:
+            if name not in self._reported_names:
+                self._reported_names.add(name)
+                self.problem(f"'{name}' {spec.shown_only}")
+            return None
         if spec is not None:  # a field wins over a counter of the same bare name
             missing = [k for k in self.on if k not in spec.kinds]
             if missing:

@@ -2,7 +2,7 @@
 
     # rules/rates.yaml
     as_of: 2026-11-30                     # the day these rates are for (required)
-    source: 中国外汇交易中心 人民币汇率中间价   # where they come from (shown in the README, logs)
+    source: 中国外汇交易中心 人民币汇率中间价   # where they come from (named in the stale-rates warning)
     stale_after_days: 10                  # optional (10): older rates are used, but reported
     rates:                                # CNY per ONE unit of the currency
       USD: 7.1186
@@ -28,7 +28,9 @@ from service.pipeline.money import CNY, ExchangeRates
 from service.yamlsrc import YMap, YNode, YScalar, describe, parse_yaml
 
 RATES_FILE = "rates.yaml"
-MAX_RATE = 1000  # CNY per unit: no currency is near it, so a rate above is a typo (e.g. per 100 units)
+# CNY per ONE unit: the dearest currency is about 23 (KWD), so a rate above 50 is a typo, most
+# likely a board rate quoted per 100 units (USD 711.86), which would read every amount 100x.
+MAX_RATE = 50
 _KEYS = ("as_of", "source", "stale_after_days", "rates")
 _CODE = re.compile(r"[A-Z]{3}")
 
@@ -111,7 +113,8 @@ def _rate(code: str, line: int, value: YNode, report: Report) -> Decimal | None:
         report(value.line, f"{code}: the rate must be a finite number")
         return None
     if not 0 < number < MAX_RATE:
-        report(value.line, f"{code}: the rate must lie between 0 and {MAX_RATE} CNY per one {code}")
+        hint = f" (a rate per 100 {code}? give it per one)" if number >= MAX_RATE else ""
+        report(value.line, f"{code}: the rate must lie between 0 and {MAX_RATE} CNY per one {code}{hint}")
         return None
     # repr() of a float is its shortest exact decimal text: 7.1186 stays 7.1186.
     return Decimal(repr(number)) if isinstance(number, float) else Decimal(number)

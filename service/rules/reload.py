@@ -12,15 +12,16 @@
     result = manager.reload()                       # the admin RPC: (revision, changed, errors)
 
 What is served is an `ActiveRules` bundle: the compiled ruleset, the counter
-spec with its compiled `where` filters, and the watchlist declarations, all
-from the same files. A request leases one bundle and uses only it, so the
+spec with its compiled `where` filters, the watchlist declarations and the
+exchange rates, all from the same files. A request leases one bundle and uses only it, so the
 counters it updates, the lists it looks up and the rules it evaluates always
 belong together, even when a reload lands in the middle of it.
 
 Reloading, and why it is careful:
 
-* The directory's content hash covers the rule files, counters.yaml and
-  lists.yaml (service.rules.directory). Nothing is rebuilt while it is
+* The directory's content hash covers the rule files, counters.yaml,
+  lists.yaml and rates.yaml (service.rules.directory). Rates that were served
+  are never dropped by a reload (a missing rates.yaml is an error then). Nothing is rebuilt while it is
   unchanged: durable_rules leaks memory on every ruleset deletion
   (/work/shared/DURABLE_RULES.md), so a rebuild must mean a real change.
   A content that already failed is not retried either (its errors are kept).
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from service.domain import EventKind, Reason
-from service.errors import ContentChanged, EvaluationError, RiskgateError, SourceError
+from service.errors import ContentChanged, EvaluationError, RiskgateError, SourceError, SourceProblem
 from service.pipeline.facts import Scalar
 from service.pipeline.money import CNY_ONLY, ExchangeRates
 from service.riskdata.counters.model import CounterSpec
@@ -56,6 +57,7 @@ from service.rules.compiler import compile_ruleset
 from service.rules.directory import DirectoryTexts, RulesDirectory, load_texts, read_directory, stat_signature
 from service.rules.engine import CompiledRuleset, ListHits, Live, build_ruleset
 from service.rules.filters import CounterFilters
+from service.rules.rates import RATES_FILE
 
 log = logging.getLogger("riskgate.rules")
 
@@ -267,6 +269,15 @@ class RulesManager:
             return self._finish(UNCHANGED, ReloadResult(serving.revision, False, []))
         if texts.content_hash == self._failed_hash:
             return self._finish(UNCHANGED, ReloadResult(serving.revision, False, list(self._errors)))
+        if serving.rates.rates and texts.rates is None:
+            # A rename or a copy in two steps would otherwise start refusing every foreign
+            # transfer; going CNY-only is a decision for a restart, not for a reload.
+            gone = SourceProblem(
+                str(Path(texts.directory) / RATES_FILE), 0,
+                "the rates in force are gone: restore rates.yaml (replace it with an atomic rename);"
+                " to accept CNY only, restart without one",
+            )  # fmt: skip
+            return self._rejected(live, texts.content_hash, [str(gone)])
         try:
             bundle = build(load_texts(texts))
         except ContentChanged:

@@ -371,12 +371,14 @@ class Server:
         rates, today = active.rates, local_time(self.clock.now()).date()
         age = rates.age_days(today)
         self.metrics.rates_age.set(-1 if age is None else age)
-        if rates.stale(today) and self._stale_rates_warned != active.revision:
+        ahead = rates.as_of is not None and rates.as_of > today
+        if (rates.stale(today) or ahead) and self._stale_rates_warned != active.revision:
             self._stale_rates_warned = active.revision
             log.warning(
-                "the exchange rates are stale: still used, update them",
+                "the exchange rates are dated in the future: check as_of" if ahead
+                else "the exchange rates are stale: still used, update them",
                 extra={"fields": {"file": rates.file, "as_of": str(rates.as_of), "age_days": age,
-                                  "stale_after_days": rates.stale_after_days}},
+                                  "stale_after_days": rates.stale_after_days, "source": rates.source}},
             )  # fmt: skip
 
 

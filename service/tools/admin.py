@@ -269,6 +269,8 @@ def run_tail(tail: Callable[[asyncio.Event], Awaitable[None]]) -> int:
         task = asyncio.ensure_future(tail(stop))
 
         def interrupt() -> None:
+            if stop.is_set():
+                return  # a second Ctrl-C must not cut the tool's own clean-up short
             stop.set()
             task.cancel()
 

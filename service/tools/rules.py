@@ -137,5 +137,9 @@ def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
 def _rates_summary(rates: ExchangeRates) -> str:
     if not rates.rates:
-        return "CNY only (no rates.yaml)"
+        return (
+            "CNY only (no rates.yaml)"
+            if rates.as_of is None
+            else f"CNY only (rates.yaml as of {rates.as_of} gives none)"
+        )
     return f"{len(rates.rates)} exchange rates as of {rates.as_of}"

@@ -4,8 +4,10 @@ in the currency they were made in."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +15,13 @@ from service.domain import ScreenRequest, Transfer
 from service.errors import FieldProblem, SourceError, ValidationError
 from service.pipeline.facts import facts
 from service.pipeline.money import CNY_ONLY, ExchangeRates
+from service.riskdata.counters.loader import parse_counters
 from service.rules.compiler import compile_ruleset
 from service.rules.engine import build_ruleset
 from service.rules.rates import parse_rates
+from service.rules.reload import RulesManager
 from service.rules.templates import format_money
+from tests.conftest import REPO
 from tests.unit.rules.conftest import load_text, problems_of
 from tests.unit.test_facts import AT, EVENTS, OUTLET
 
@@ -52,11 +57,21 @@ def test_conversion_rounds_to_the_fen_half_to_even_in_decimal() -> None:
     assert rates.cny_fen(10**14, "XBB") == 10**13
 
 
+def test_an_amount_over_the_limit_once_in_cny_is_refused() -> None:
+    rates = ExchangeRates({"KWD": Decimal("23.4")})
+    assert rates.cny_fen(10**14 // 24, "KWD") < 10**14
+    with pytest.raises(ValidationError) as refused:
+        rates.cny_fen(10**14, "KWD")  # within the wire's limit in KWD, 23x beyond it in CNY
+    assert refused.value.problems == (
+        FieldProblem("transfer.amount_fen", "must be at most 10^14 fen once converted to CNY (KWD)"),
+    )
+
+
 def test_a_currency_without_a_rate_is_refused_on_its_field() -> None:
     with pytest.raises(ValidationError) as refused:
         facts(_transfer(500_000, "EUR"), RATES)
     assert refused.value.problems == (
-        FieldProblem("transfer.currency", "no exchange rate for EUR in rules/rates.yaml (accepted: CNY, JPY, USD)"),
+        FieldProblem("transfer.currency", "no exchange rate for EUR in rates.yaml (accepted: CNY, JPY, USD)"),
     )
     with pytest.raises(ValidationError) as only_cny:
         facts(_transfer(500_000, "USD"))
@@ -108,12 +123,15 @@ def test_rates_older_than_their_limit_are_stale() -> None:
             "2: 'usd' is not a currency code: 3 upper-case letters (ISO 4217), e.g. USD",
         ),
         ("as_of: 2026-11-30\nrates: {USD: '7.1'}\n", "2: USD: the rate must be a number of CNY per one USD, not '7.1'"),
-        ("as_of: 2026-11-30\nrates: {USD: 0}\n", "2: USD: the rate must lie between 0 and 1000 CNY per one USD"),
+        ("as_of: 2026-11-30\nrates: {USD: 0}\n", "2: USD: the rate must lie between 0 and 50 CNY per one USD"),
         (
             "as_of: 2026-11-30\nrates:\n  JPY: 4.6718e+00\n",
             "3: JPY: the rate must be a number of CNY per one JPY, not '4.6718e+00'",
         ),
-        ("as_of: 2026-11-30\nrates: {JPY: 4671.8}\n", "2: JPY: the rate must lie between 0 and 1000 CNY per one JPY"),
+        (
+            "as_of: 2026-11-30\nrates: {USD: 711.86}\n",
+            "2: USD: the rate must lie between 0 and 50 CNY per one USD (a rate per 100 USD? give it per one)",
+        ),
         ("as_of: 2026-11-30\nrates: [7.1]\n", "2: 'rates' must be a mapping of currency: CNY per unit"),
         (
             "as_of: 2026-11-30\nrate: {USD: 7.1}\n",
@@ -194,3 +212,37 @@ def test_a_transfer_amount_must_be_shown_with_money_and_money_only_on_it() -> No
         " own amount, {transfer.amount_fen:money}; show other sums with ':yuan'"
         for language in ("zh", "en")
     ]
+
+
+def test_the_original_amount_is_shown_never_compared_or_summed() -> None:
+    why = (
+        "is the amount in the transfer's own currency, shown in evidence and by {transfer.amount_fen:money}: "
+        "compare and sum transfer.amount_fen, the amount in CNY"
+    )
+    rule = MONEY_RULE.replace("transfer.amount_fen >= 1_000_000", "transfer.original_amount_fen >= 1_000_000")
+    assert f"4: 'transfer.original_amount_fen' {why}" in problems_of(rule)
+    counters = "counters:\n  - name: foreign_sum\n    on: [transfer]\n    key: transfer.payer_account\n"
+    counters += "    aggregate: sum(transfer.original_amount_fen)\n    windows: [1d]\n"
+    with pytest.raises(SourceError) as refused:
+        parse_counters(counters, "counters.yaml")
+    assert any(str(p).endswith(f"'transfer.original_amount_fen' {why}") for p in refused.value.problems), (
+        refused.value.problems
+    )
+
+
+def test_a_reload_never_drops_the_rates_in_force(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules)
+    manager = RulesManager(rules)
+    try:
+        serving = manager.load().revision
+        (rules / "rates.yaml").unlink()
+        result = manager.reload()
+        assert (result.revision, result.changed) == (serving, False)
+        assert result.errors == [
+            f"{rules / 'rates.yaml'}:0: the rates in force are gone: restore rates.yaml (replace it with an"
+            " atomic rename); to accept CNY only, restart without one"
+        ]
+        assert manager.current.rates.rates["USD"] == Decimal("7.1186")
+    finally:
+        manager.close()

@@ -466,7 +466,11 @@ class _Loader:
             return None
 
     def field(self, text: str, line: int) -> str | None:
-        if text in FIELDS:
+        spec = FIELDS.get(text)
+        if spec is not None and spec.shown_only is not None:
+            self.problem(line, f"'{text}' {spec.shown_only}")
+            return None
+        if spec is not None:
             return text
         self.problem(line, f"unknown field '{text}'{did_you_mean(text, FIELDS)}")
         return None

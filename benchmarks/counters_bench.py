@@ -26,9 +26,9 @@ median over the runs. Then memory: one account that sent and received money
 in every bucket of every window of its counters (90 nights, 24 hours, 30 minutes), summed over
 its keys (`MEMORY USAGE`), and the same for an account seen once.
 
-`--against REV` also runs `service/counters` as of git revision REV (extracted with `git archive`
-into a temporary package) through its `observe()`, on database 1 of the same server, in the same
-runs: the before/after of a change in one command.
+`--against REV` also runs `service/riskdata/counters` as of git revision REV (one with the layout by
+role; extracted with `git archive` into a temporary package) through its `observe()`, on database 1
+of the same server, in the same runs: the before/after of a change in one command.
 
 Prints one summary line; `--json` writes the figures (keys `counters.us_per_request`,
 `counters.python_cpu_us`, `counters.redis_cpu_us`, `counters.redis_bytes_per_entity`, ...) to
@@ -278,9 +278,7 @@ async def bench(args: argparse.Namespace, url: str) -> dict[str, Any]:
         if args.against:
             package = _load_revision(args.against, Path(args.tmp))
             other = package.store.CounterStore(
-                other_client,
-                package.spec.load_counters(REPO / "rules" / "counters.yaml"),
-                package.keys.KeyHasher(SECRET),
+                other_client, package.loader.load_counters(REPO / "rules" / "counters.yaml"), KeyHasher(SECRET)
             )
             await other.load_script()
             stores.append({"against": observe_path(other)})
@@ -344,14 +342,25 @@ def _with_db(url: str, db: int) -> str:
 
 
 def _load_revision(revision: str, tmp: Path) -> Any:
-    """`service/counters` as of a git revision, importable as a package of its own."""
+    """`service/riskdata/counters` as of a git revision, importable as a package of its own. A
+    revision from before the layout by role cannot be loaded this way: its counters import
+    modules (service.facts, ...) that have moved since."""
     import importlib
     import io
     import subprocess
     import tarfile
 
+    folder, dotted, modules = "service/riskdata/counters", b"service.riskdata.counters.", ("model", "loader", "store")
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-tree", "-d", "--name-only", revision, folder],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not listed:
+        raise SystemExit(f"--against {revision}: no {folder} there (a revision before the layout by role)")
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", revision, "service/counters"],
+        ["git", "-C", str(REPO), "archive", "--format=tar", revision, folder],
         check=True,
         capture_output=True,
     ).stdout
@@ -363,15 +372,15 @@ def _load_revision(revision: str, tmp: Path) -> Any:
                 continue
             data = tar.extractfile(member)
             assert data is not None
-            path = target / Path(member.name).relative_to("service/counters")
+            path = target / Path(member.name).relative_to(folder)
             path.parent.mkdir(parents=True, exist_ok=True)
             content = data.read()
             if path.suffix == ".py":
-                content = content.replace(b"service.riskdata.counters.", name.encode() + b".")
+                content = content.replace(dotted, name.encode() + b".")
             path.write_bytes(content)
     sys.path.insert(0, str(tmp))
     package = importlib.import_module(name)
-    for module in ("keys", "spec", "store"):
+    for module in modules:
         importlib.import_module(f"{name}.{module}")
     return package
 

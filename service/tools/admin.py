@@ -15,7 +15,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TextIO
@@ -214,18 +214,25 @@ def stream_id(moment: str | None, default: str) -> str:
 Document = Callable[[str, Mapping[Any, Any]], dict[str, Any]]
 
 
-async def export_stream(client: Any, key: str, out: TextIO, since: str, until: str, document: Document) -> int:
-    """Write a stream's entries from `since` to `until` (stream ids) as JSON Lines; how many."""
-    written = 0
+async def read_stream(client: Any, key: str, since: str, until: str) -> AsyncIterator[tuple[str, Mapping[Any, Any]]]:
+    """A stream's entries from `since` to `until` (stream ids), oldest first, read 1,000 at a time."""
     start = since
     while True:
         batch = await client.xrange(key, min=start, max=until, count=1000)
         for entry_id, fields in batch:
-            out.write(json.dumps(document(entry_id.decode(), fields), ensure_ascii=False) + "\n")
-            written += 1
+            yield entry_id.decode(), fields
         if len(batch) < 1000:
-            return written
+            return
         start = "(" + batch[-1][0].decode()
+
+
+async def export_stream(client: Any, key: str, out: TextIO, since: str, until: str, document: Document) -> int:
+    """Write a stream's entries from `since` to `until` (stream ids) as JSON Lines; how many."""
+    written = 0
+    async for entry_id, fields in read_stream(client, key, since, until):
+        out.write(json.dumps(document(entry_id, fields), ensure_ascii=False) + "\n")
+        written += 1
+    return written
 
 
 async def tail_stream(

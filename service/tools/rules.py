@@ -25,6 +25,7 @@ from service.rules.cases import load_cases, run_cases
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import load_directory
 from service.rules.engine import build_ruleset
+from service.tools.rules_report import add_report_command
 
 
 def _print_problems(error: SourceError, out: TextIO) -> None:
@@ -100,9 +101,9 @@ def run_test(
 
 
 def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `rules check DIR` and `rules test DIR` on the CLI's subparsers."""
-    rules = subparsers.add_parser("rules", help="check and test a rules directory")
-    commands = rules.add_subparsers(dest="rules_command", required=True, metavar="{check,test}")
+    """Register `rules check DIR`, `rules test DIR` and `rules report` on the CLI's subparsers."""
+    rules = subparsers.add_parser("rules", help="check and test a rules directory; report what its rules did")
+    commands = rules.add_subparsers(dest="rules_command", required=True, metavar="{check,test,report}")
 
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -133,6 +134,7 @@ def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         return run_test(args.directory, extra_counters=args.counter)
 
     test.set_defaults(handler=do_test)
+    add_report_command(commands)
 
 
 def _rates_summary(rates: ExchangeRates) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 from service.errors import FieldProblem, ValidationError
 
 CNY = "CNY"
-MAX_CNY_FEN = 10**14  # what validation allows a CNY amount: counters' sums stay exact (below 2^53)
+MAX_CNY_FEN = 10**14  # the bound validation sets on a CNY amount, which the counters' sums are sized for
 _ONE = Decimal(1)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from service.errors import FieldProblem, ValidationError
 
 CNY = "CNY"
+STALE_AFTER_DAYS = 10  # rates.yaml's default: older rates are still used, but reported
 MAX_CNY_FEN = 10**14  # the bound validation sets on a CNY amount, which the counters' sums are sized for
 _ONE = Decimal(1)
 
@@ -41,7 +42,7 @@ class ExchangeRates:
     as_of: date | None = None
     source: str = ""
     file: str = ""  # where the rates were read: named in refusals
-    stale_after_days: int = 10  # older rates are still used, but reported (log, metric)
+    stale_after_days: int = STALE_AFTER_DAYS  # older rates are still used, but reported (log, metric)
 
     def known(self) -> tuple[str, ...]:
         """The currencies accepted: CNY and every one with a rate."""

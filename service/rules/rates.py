@@ -24,7 +24,7 @@ from datetime import date
 from decimal import Decimal
 
 from service.errors import SourceError, SourceProblem
-from service.pipeline.money import CNY, ExchangeRates
+from service.pipeline.money import CNY, STALE_AFTER_DAYS, ExchangeRates
 from service.yamlsrc import YMap, YNode, YScalar, describe, parse_yaml
 
 RATES_FILE = "rates.yaml"
@@ -65,7 +65,7 @@ def _from_tree(tree: YNode, file: str, problems: list[SourceProblem]) -> Exchang
     if source is not None and not (isinstance(source, YScalar) and isinstance(source.value, str)):
         problem(source.line, f"'source' must be a text, not {describe(source)}")
     stale = tree.get("stale_after_days")
-    stale_days = 10
+    stale_days = STALE_AFTER_DAYS
     if stale is not None:
         if isinstance(stale, YScalar) and type(stale.value) is int and stale.value > 0:
             stale_days = stale.value

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -29,15 +28,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from service.clock import SystemClock
+from service.durations import seconds_of
 from service.errors import InvalidValue, SourceError
 from service.redis.connection import hasher_for, tool_connection
-from service.riskdata.records import LOG_STREAM
+from service.riskdata.records import LOG_STREAM, entry_document
 from service.rules.directory import load_directory
 from service.settings import Settings
 from service.tools.admin import read_stream, stream_id
-
-_AGO = re.compile(r"([1-9][0-9]{0,4})([mhd])")
-_UNIT = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,16 +75,16 @@ class Report:
     def of(cls, rules: Iterable[RuleInfo]) -> Report:
         return cls(rules={info.rule_id: RuleTally(info.rule_id, info) for info in rules})
 
-    def add(self, entry: Mapping[str, str]) -> None:
-        """Count one decision-log entry (its fields as text)."""
+    def add(self, entry: Mapping[str, Any]) -> None:
+        """Count one decision-log entry, as `service.riskdata.records.entry_document` reads it."""
         self.decisions += 1
         outcome = entry.get("outcome", "")
         self.by_kind[entry.get("kind", "")] += 1
         self.by_outcome[outcome] += 1
         self.revisions[entry.get("revision", "")] += 1
-        if entry.get("degraded") == "1":
+        if entry.get("degraded"):
             self.degraded += 1
-        for fired in filter(None, entry.get("rules", "").split(",")):
+        for fired in entry.get("rules", ()):
             rule_id = fired.removeprefix("~")
             rule = self.rules.get(rule_id)
             if rule is None:
@@ -126,8 +123,8 @@ class Report:
         }
 
 
-def tally(entries: Iterable[Mapping[str, str]], rules: Iterable[RuleInfo]) -> Report:
-    """The report of decision-log entries (their fields as text), for the rules of a directory."""
+def tally(entries: Iterable[Mapping[str, Any]], rules: Iterable[RuleInfo]) -> Report:
+    """The report of decision-log entries (as `entry_document` reads them), for the rules of a directory."""
     report = Report.of(rules)
     for entry in entries:
         report.add(entry)
@@ -151,10 +148,9 @@ def render(report: Report, out: TextIO, since: str, until: str) -> None:
 
 def since_id(text: str, now: datetime) -> str:
     """A stream id for `--since`: an age (`30m`, `24h`, `7d`) before `now`, or an ISO 8601 time."""
-    match = _AGO.fullmatch(text)
-    if match is not None:
-        moment = now - int(match.group(1)) * _UNIT[match.group(2)]
-        return str(int(moment.timestamp() * 1000))
+    seconds = seconds_of(text)
+    if seconds is not None:
+        return str(int((now - timedelta(seconds=seconds)).timestamp() * 1000))
     return stream_id(text, "-")
 
 
@@ -185,8 +181,8 @@ def run_report(args: argparse.Namespace) -> int:
         report = Report.of(rules)
         async with tool_connection(settings) as client:
             key = f"{hasher_for(settings).prefix}:log:{LOG_STREAM}"
-            async for _entry_id, fields in read_stream(client, key, since, until):
-                report.add({_text(k): _text(v) for k, v in fields.items()})
+            async for entry_id, fields in read_stream(client, key, since, until):
+                report.add(entry_document(entry_id, fields))
         return report
 
     report = asyncio.run(read())
@@ -195,10 +191,6 @@ def run_report(args: argparse.Namespace) -> int:
     else:
         render(report, sys.stdout, args.since, args.until or "now")
     return 0
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def add_report_command(commands: Any) -> None:

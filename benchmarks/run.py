@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,counters,fairness,soak,first,access,identity,mux] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,...,mux,backtest] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
@@ -20,7 +20,11 @@
    synth stream against those of the last commit (a temporary git worktree), field by field but for
    decision_id, decided_at and evaluation_time; fails on any difference or degraded decision;
 9. mux (`benchmarks.mux_bench`): how soon the multiplexed Redis connection fails its waiters: after
-   Redis is killed, after stale_after from a silent peer, after connect_timeout connecting to one.
+   Redis is killed, after stale_after from a silent peer, after connect_timeout connecting to one;
+10. backtest (`benchmarks.backtest_bench`): a 20,000-event synth stream screened by the real server and
+   archived; the served rules' backtest on it (target: 0 mismatches, decisions and counters); the
+   counter replay in the kernels and the whole backtest of a changed threshold on it replicated to
+   1,000,000 events, per core (targets: 1 M and 50 k events/s).
 
 Loopback only; bounded (about 25 minutes on a 2-core machine, of which the soak about 16 at
 ~1,050 screenings/s; `--quick` about 5.5, the soak 150,000 screenings). Every result
@@ -43,10 +47,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import access_bench, e2e, fairness, first_request, identity, mux_bench, rules_bench, soak
+from benchmarks import (
+    access_bench,
+    backtest_bench,
+    e2e,
+    fairness,
+    first_request,
+    identity,
+    mux_bench,
+    rules_bench,
+    soak,
+)
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
-PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first", "access", "identity", "mux")
+PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first", "access", "identity", "mux", "backtest")
 _COUNTERS_TIMEOUT = 240
 
 
@@ -89,6 +103,7 @@ RUNNERS: dict[str, Callable[[bool], Json]] = {
     "access": access_bench.run_part,
     "identity": identity.run_part,
     "mux": mux_bench.run_part,
+    "backtest": backtest_bench.run_part,
 }
 
 

@@ -82,6 +82,10 @@ class StoreUnavailable(RiskgateError):
     """Redis could not answer within its budget; the request is decided degraded."""
 
 
+class StoreLate(StoreUnavailable):
+    """Redis did not answer within the budget: what was sent may still run (counters may count)."""
+
+
 class InFlight(StoreUnavailable):
     """Another attempt of the same request_id is still being decided; the caller should retry shortly."""
 
@@ -134,6 +138,15 @@ class ContentChanged(SourceError):
 
 class UnknownList(RiskgateError):
     """A watchlist name that lists.yaml does not declare."""
+
+
+class UnknownRule(RiskgateError):
+    """A rule id the serving ruleset has no breaker for (no such rule, or one without a breaker)."""
+
+
+class UnknownDecision(RiskgateError):
+    """A decision id no decision open to dispositions has (unknown, older than
+    RISKGATE_DISPOSITION_DAYS, or not indexed). Maps to NOT_FOUND."""
 
 
 class Unsupported(RiskgateError):

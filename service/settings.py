@@ -120,6 +120,13 @@ class FailPolicy(enum.StrEnum):
     BLOCK = "block"
 
 
+class DispositionIndex(enum.StrEnum):
+    """Which decisions the decision index keeps, so dispositions can be reported for them."""
+
+    FLAGGED = "flagged"  # WARN or BLOCK, or a rule fired (shadow rules included)
+    ALL = "all"  # every decision (labels of missed fraud, for recall)
+
+
 class LogLevel(enum.StrEnum):
     DEBUG = "DEBUG"
     INFO = "INFO"
@@ -146,6 +153,10 @@ def _choice(kind: type[E], value: str, name: str) -> E:
 
 def _fail_policy(value: str, name: str) -> FailPolicy:
     return _choice(FailPolicy, value, name)
+
+
+def _disposition_index(value: str, name: str) -> DispositionIndex:
+    return _choice(DispositionIndex, value, name)
 
 
 def _log_level(value: str, name: str) -> LogLevel:
@@ -269,6 +280,20 @@ SETTINGS: dict[str, SettingDoc] = {
         "Decision-log entries kept (in memory and in the spool file) while Redis cannot take them; "
         "beyond it the oldest are dropped, counted in riskgate_decision_log_dropped_total and logged.",
     ),
+    "disposition_days": SettingDoc(
+        "RISKGATE_DISPOSITION_DAYS",
+        "90",
+        _positive_float,
+        "How long after a decision a disposition may be reported for it (Dispositions/Report): how long "
+        "Redis keeps the decision index and the dispositions.",
+    ),
+    "disposition_index": SettingDoc(
+        "RISKGATE_DISPOSITION_INDEX",
+        "flagged",
+        _disposition_index,
+        "Which decisions can take a disposition: `flagged` (WARN or BLOCK, or a rule fired, shadow rules "
+        "included; about 100 bytes of Redis memory each) or `all` (every decision, for labels of missed fraud).",
+    ),
     "rules_dir": SettingDoc(
         "RISKGATE_RULES_DIR", "rules", _path, "Directory of rule, counter, watchlist and exchange-rate files."
     ),
@@ -384,6 +409,8 @@ class Settings:
     decision_log_maxlen: int
     decision_log_dedupe_hours: float
     decision_log_backlog: int
+    disposition_days: float
+    disposition_index: DispositionIndex
     rules_dir: Path
     rules_poll_seconds: float
     data_dir: Path

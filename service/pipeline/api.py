@@ -27,7 +27,9 @@ from service.errors import (
     RiskgateError,
     StoreUnavailable,
     Unauthenticated,
+    UnknownDecision,
     UnknownList,
+    UnknownRule,
     ValidationError,
 )
 
@@ -84,6 +86,8 @@ _STATUS: tuple[tuple[type[RiskgateError], grpc.StatusCode], ...] = (
     (InvalidValue, grpc.StatusCode.INVALID_ARGUMENT),
     (RequestIdReused, grpc.StatusCode.ALREADY_EXISTS),
     (UnknownList, grpc.StatusCode.NOT_FOUND),
+    (UnknownRule, grpc.StatusCode.NOT_FOUND),
+    (UnknownDecision, grpc.StatusCode.NOT_FOUND),
     (InFlight, grpc.StatusCode.ABORTED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),

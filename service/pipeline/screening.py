@@ -17,6 +17,7 @@ from typing import Protocol
 
 from service.clock import Clock
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
+from service.pipeline.breakers import demote
 from service.pipeline.facts import Scalar, facts, identifiers
 from service.pipeline.money import ExchangeRates
 from service.pipeline.outcome import decide, unavailable_reason
@@ -55,6 +56,9 @@ class Observation:
     previous: Decision | None = None  # the decision already made for this request_id
     claim: bytes = b""  # this attempt's claim on the request_id: record() keeps its decision for retries
     plan: object = None  # the risk-data store's record of what it counted, for record()
+    # Rules demoted to shadow by their breakers (service.pipeline.breakers) at this decision: the
+    # store's last known set, also when Redis is unavailable.
+    demoted: frozenset[str] = frozenset()
 
 
 class RiskData(Protocol):
@@ -115,6 +119,8 @@ class Screener:
                 return observation.previous
             # With data missing, counters and list hits are absent: rules that need them do not fire.
             reasons = list(rules.evaluate(request_facts, observation.counters, observation.list_hits))
+            if observation.demoted:
+                reasons = demote(reasons, observation.demoted)
             if observation.degraded:
                 reasons.append(unavailable_reason(self._fail_outcome))
             decision = decide(

@@ -40,6 +40,10 @@ again and expire by their TTLs. The braces are a Redis
 Cluster hash tag: every key of one entity lives in one slot, so one script
 can touch them all on a cluster.
 
+Rule breakers (`service.riskdata.breakers`): `rg:brk:{<rule id>@<definition
+hash>}` and its window's buckets `rg:brk:{...}:<epoch>:<bucket>`, one hash tag
+per rule.
+
 Counter tags. Inside an entity's hash each counter's fields start with the
 counter's 2-byte tag (`counter_tag`: the first bytes of SHA-256 of its
 name), so counters of one entity share one hash without long field names.
@@ -160,3 +164,9 @@ class KeyHasher:
     def counter_key(self, entity: str, counter: str) -> str:
         """`rg:c2:{<entity>}:<counter>`: a distinct() counter's set, in its entity's slot."""
         return f"{self.prefix}:c2:{{{entity}}}:{counter}"
+
+    def breaker_key(self, identity: str) -> str:
+        """`rg:brk:{<rule id>@<definition hash>}`: a rule breaker's state; its window's bucket keys
+        (`...:<epoch>:<bucket>`) share the hash tag, so one script call stays in one slot. A rule
+        id is no personal data, and the definition is already a hash: nothing to key here."""
+        return f"{self.prefix}:brk:{{{identity}}}"

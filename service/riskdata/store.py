@@ -19,8 +19,10 @@ Per request, in order:
    round trip of its own before the counters and look-ups.
 2. **Record**: the decision under the request id (for retries, for
    `RISKGATE_IDEMPOTENCY_HOURS`; only if this attempt holds the claim, or
-   nobody does), the undo of a BLOCKed opening's active counts, and an
-   entry in the decision log stream, in one pipelined round trip.
+   nobody does), the undo of a BLOCKed opening's active counts, the rule
+   breakers' count of the decision (service.riskdata.breakers: what it
+   answers is how this process learns a rule was demoted or re-armed), and
+   an entry in the decision log stream, in one pipelined round trip.
 
 Both use the counter store's pipeline (`CounterStore.pipeline`): on a
 single Redis a direct exchange on the process's multiplexed connection
@@ -42,6 +44,7 @@ spooled to disk, written exactly once by a background task when Redis answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -54,17 +57,27 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.clock import Clock
-from service.domain import Decision, Outcome, ScreenRequest
-from service.errors import InFlight, RequestIdReused, StoreUnavailable
+from service.domain import Decision, EventKind, Outcome, ScreenRequest
+from service.errors import InFlight, RequestIdReused, StoreLate, StoreUnavailable
 from service.logs import Throttled
+from service.pipeline.breakers import BreakerWatch, blocked_by
 from service.pipeline.facts import Scalar
 from service.pipeline.screening import Observation
 from service.redis.keys import KeyHasher
+from service.riskdata.breakers import COUNT as BREAKER_COUNT
+from service.riskdata.breakers import RuleBreakers, watches_by_kind
 from service.riskdata.counters.model import CounterSpec, Predicate, counters_to_update
 from service.riskdata.counters.store import CounterPlan, CounterStore, RetractPlan
 from service.riskdata.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
 from service.riskdata.lists import ListSpec
-from service.riskdata.records import LOG_STREAM, decode_record, encode_record, fingerprint_text, log_entry
+from service.riskdata.records import (
+    LOG_STREAM,
+    decode_record,
+    encode_record,
+    fingerprint_text,
+    history_ids,
+    log_entry,
+)
 from service.riskdata.watchlists import Watchlists
 
 log = logging.getLogger("riskgate.riskdata")
@@ -105,6 +118,8 @@ class _Attempt:
     key: str
     fingerprint: bytes
     counted: CounterPlan | None
+    facts: Mapping[str, Scalar]  # the request's, for its log entry
+    late: bool = False  # degraded over budget: its counters were sent and may have counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +130,8 @@ class RiskDataConfig:
     log_dedupe_seconds: float = 3600.0
     log_backlog_limit: int = 200_000
     log_spool: Path | None = None  # None: unwritten entries are kept in memory only
+    disposition_seconds: float = 90 * 86_400.0  # the decision index's life after its day
+    index_every_decision: bool = False  # RISKGATE_DISPOSITION_INDEX=all
     # On a single Redis the claim rides the counter script's call (one round trip fewer); False
     # claims in a round trip of its own, as on Redis Cluster (`benchmarks.experiments` measures it).
     fold_claim: bool = True
@@ -173,6 +190,8 @@ class RiskDataStore:
         self.config = config
         self.max_future_skew_seconds = max_future_skew_seconds
         self.breaker = CircuitBreaker(clock)
+        # Rule breakers (not the circuit breaker above): what this process knows is demoted.
+        self.breakers = RuleBreakers(client, hasher)
         # During an outage every request would log the same warning: one line per 5 s, with a count.
         self.warn = Throttled(log, 5.0, clock.monotonic)
         self.log = DecisionLog(
@@ -183,6 +202,8 @@ class RiskDataStore:
                 dedupe_seconds=config.log_dedupe_seconds,
                 backlog_limit=config.log_backlog_limit,
                 spool_path=config.log_spool,
+                index_seconds=config.disposition_seconds,
+                index_every=config.index_every_decision,
             ),
             clock,
             on_dropped=on_log_dropped,
@@ -195,15 +216,24 @@ class RiskDataStore:
         self._marks = itertools.count()
 
     def for_rules(
-        self, *, key: str, counter_spec: CounterSpec, where: Predicate, lists: Mapping[str, ListSpec]
+        self,
+        *,
+        key: str,
+        counter_spec: CounterSpec,
+        where: Predicate,
+        lists: Mapping[str, ListSpec],
+        breakers: tuple[BreakerWatch, ...] = (),
     ) -> BoundRiskData:
-        """The binding for a rules bundle identified by `key` (its content hash), made once."""
+        """The binding for a rules bundle identified by `key` (its content hash), made once;
+        `breakers`: its rules with breakers (`RuleSet.breaker_watches`)."""
         bound = self._bound.get(key)
         if bound is None:
             counters = CounterStore(
                 self.client, counter_spec, self.hasher, max_future_skew_seconds=self.max_future_skew_seconds
             )
-            bound = BoundRiskData(self, counters, counter_spec, where, Watchlists(self.client, self.hasher, lists))
+            bound = BoundRiskData(
+                self, counters, counter_spec, where, Watchlists(self.client, self.hasher, lists), breakers
+            )
             # Keep the newest few: a request may still hold the previous bundle during a reload.
             while len(self._bound) >= 4:
                 del self._bound[next(iter(self._bound))]
@@ -234,6 +264,8 @@ class RiskDataStore:
             self.breaker.failure()
             if isinstance(error, StoreUnavailable):
                 raise
+            if isinstance(error, TimeoutError):
+                raise StoreLate(f"redis: {type(error).__name__}: {error}") from error
             raise StoreUnavailable(f"redis: {type(error).__name__}: {error}") from error
         self.breaker.success()
         return result
@@ -302,13 +334,26 @@ class BoundRiskData:
         counter_spec: CounterSpec,
         where: Predicate,
         lists: Watchlists,
+        breakers: tuple[BreakerWatch, ...] = (),
     ) -> None:
         self._store = store
         self._counters = counters
         self._spec = counter_spec
         self._where = where
         self._lists = lists
+        self._watches = watches_by_kind(breakers)
+        self._breaker_plans = {kind: store.breakers.prepare(watches) for kind, watches in self._watches.items()}
+        self._demoted: dict[EventKind, frozenset[str]] = {}
+        self._demoted_version = -1
         self._folds_claim = store.config.fold_claim and counters.folds_claim
+
+    def _demoted_for(self, kind: EventKind) -> frozenset[str]:
+        """The rules guarding `kind` that are demoted now, as far as this process knows."""
+        breakers = self._store.breakers
+        if breakers.version != self._demoted_version:
+            self._demoted = {k: breakers.demoted_ids(watches) for k, watches in self._watches.items()}
+            self._demoted_version = breakers.version
+        return self._demoted.get(kind, frozenset())
 
     async def observe(
         self,
@@ -322,7 +367,7 @@ class BoundRiskData:
         key = store.request_key(request)
         fingerprint = store.fingerprint(request)
         mark = store.attempt_mark(fingerprint)
-        attempt = _Attempt(key, fingerprint, None)
+        attempt = _Attempt(key, fingerprint, None, facts)
         lookups, plan = self._plan(request, facts, ids, list_checks)
         if self._folds_claim:
             plan = self._counters.with_claim(plan, key=key.encode(), mark=mark, px=PENDING_CLAIM_MS)
@@ -331,17 +376,30 @@ class BoundRiskData:
                 stored: bytes | None = await store.bounded(self._claim(key, mark), deadline)
             except StoreUnavailable as error:
                 store.warn.warning("risk data unavailable: %s", error, fields={"step": "claim"})
-                return Observation(degraded=True, claim=mark, plan=attempt)
+                return Observation(degraded=True, claim=mark, plan=attempt, demoted=self._demoted_for(request.kind))
             if stored is not None:
                 return await self._answered(stored, key, fingerprint, deadline)
         try:
             stored, counters, hits = await store.bounded(self._read(plan, lookups, request), deadline)
         except StoreUnavailable as error:
             store.warn.warning("risk data unavailable: %s", error, fields={"step": "counters"})
-            return Observation(degraded=True, claim=mark, plan=attempt)
+            # Over budget, the counter script was sent and may still run: the log says so, for replays.
+            late = isinstance(error, StoreLate)
+            return Observation(
+                degraded=True,
+                claim=mark,
+                plan=dataclasses.replace(attempt, late=late),
+                demoted=self._demoted_for(request.kind),
+            )
         if stored is not None:
             return await self._answered(stored, key, fingerprint, deadline)
-        return Observation(counters=counters, list_hits=hits, claim=mark, plan=_Attempt(key, fingerprint, plan))
+        return Observation(
+            counters=counters,
+            list_hits=hits,
+            claim=mark,
+            plan=_Attempt(key, fingerprint, plan, facts),
+            demoted=self._demoted_for(request.kind),
+        )
 
     def rehearse(
         self,
@@ -359,7 +417,7 @@ class BoundRiskData:
             mark = self._store.attempt_mark(fingerprint)
             self._counters.with_claim(plan, key=b"warm-up", mark=mark, px=PENDING_CLAIM_MS)
         encode_record(b"warm-up", decision)
-        self._log_entry(request, decision, ids, {}, {}).to_line()
+        self._log_entry(request, decision, ids, facts, {}, {}).to_line()
 
     def _plan(
         self,
@@ -382,11 +440,25 @@ class BoundRiskData:
         request: ScreenRequest,
         decision: Decision,
         ids: Mapping[str, str],
+        facts: Mapping[str, Scalar],
         counters: Mapping[str, int | float],
         list_hits: Mapping[tuple[str, str], bool],
+        late: bool = False,
+        demoted: frozenset[str] = frozenset(),
     ) -> LogEntry:
-        subject = self._store.hasher.identifier("person.id_number", ids["person.id_number"])
-        fields = log_entry(request, decision, subject_hash=subject, counters=counters, list_hits=list_hits)
+        identifier = self._store.hasher.identifier
+        subject = identifier("person.id_number", ids["person.id_number"])
+        fields = log_entry(
+            request,
+            decision,
+            subject_hash=subject,
+            counters=counters,
+            list_hits=list_hits,
+            facts=facts,
+            id_hashes=history_ids(ids, facts, identifier),
+            late=late,
+            demoted=demoted,
+        )
         return LogEntry.of(fields, int(decision.decided_at.timestamp() * 1000))
 
     async def warm_up(self) -> None:
@@ -399,7 +471,7 @@ class BoundRiskData:
                     pipe = self._counters.pipeline()
                     pipe.execute_command("PING")  # opens the multiplexed connection requests ride
                     await pipe.execute()
-                for script in (_RECORD, _CLAIM, LOG_ONCE):
+                for script in (_RECORD, _CLAIM, LOG_ONCE, BREAKER_COUNT):
                     await client.script_load(script)  # on Redis Cluster: on every primary
                 await self._counters.load_script()
         except (RedisError, RedisClusterException, OSError, TimeoutError) as error:
@@ -456,12 +528,16 @@ class BoundRiskData:
     ) -> None:
         """Keep the decision for retries, undo a blocked opening's active counts, and log it."""
         store = self._store
-        logged = self._log_entry(request, decision, ids, observation.counters, observation.list_hits)
+        attempt = observation.plan if isinstance(observation.plan, _Attempt) else None
+        facts = attempt.facts if attempt is not None else {}
+        late = attempt.late if attempt is not None else False
+        logged = self._log_entry(
+            request, decision, ids, facts, observation.counters, observation.list_hits, late, observation.demoted
+        )
         if not store.breaker.allow():
             store.log.defer(logged, sent=False)
             return
         pipe = self._counters.pipeline()
-        attempt = observation.plan if isinstance(observation.plan, _Attempt) else None
         key = attempt.key if attempt is not None else store.request_key(request)
         fingerprint = attempt.fingerprint if attempt is not None else store.fingerprint(request)
         queued = 0
@@ -482,6 +558,13 @@ class BoundRiskData:
             # A blocked opening never happened: it must not count as an account or SIM held.
             retract = self._counters.prepare_retract(attempt.counted, token=key)
             retracted = self._counters.queue_retract(pipe, retract)
+        # The rule breakers count this decision in the same round trip, last but the log entry.
+        breaker_plan = self._breaker_plans.get(request.kind)
+        counted = None
+        if breaker_plan is not None:
+            at_ms = int(decision.decided_at.timestamp() * 1000)
+            counted = store.breakers.queue(pipe, breaker_plan, blocked_by(decision.reasons), at_ms)
+        counting = counted.count if counted is not None else 0
         store.log.queue(pipe, logged)
         try:
             replies = await store.bounded(pipe.execute(raise_on_error=False), None)
@@ -496,6 +579,8 @@ class BoundRiskData:
                 await self._counters.retry_noscript(retract, replies[queued : queued + retracted])
         except StoreUnavailable as error:
             store.warn.warning("blocked opening's counts not undone: %s", error, fields={"step": "retract"})
-        errors = [reply for reply in replies[:-1] if isinstance(reply, BaseException)]
+        if counted is not None:
+            await store.breakers.settle(counted, replies[-1 - counting : -1], store.budget(None))
+        errors = [reply for reply in replies[: len(replies) - 1 - counting] if isinstance(reply, BaseException)]
         if errors and not all(isinstance(e, NoScriptError) for e in errors):
             store.warn.warning("decision not kept for retries: %s", errors[0], fields={"step": "record"})

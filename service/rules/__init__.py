@@ -16,6 +16,7 @@ server serves and hot-reloads the whole directory as one unit
     appeal:                       # the appeal route of this file's block rules (see Appeal routes)
       zh: 如有异议，可携本人身份证件向本行或当地公安机关申诉。
       en: You may appeal with your ID at this bank or the local police.
+    breaker: {max_block_share: 20%, window: 10m, min_events: 200}   # optional: its block rules' default
     rules:
       - id: K05_many_banks        # unique across files; letters, digits, _
         on: [card_opening]        # card_opening, sim_sale, transfer, closure
@@ -31,6 +32,7 @@ server serves and hot-reloads the whole directory as one unit
         owner: fraud-team@bank    # optional
         enabled: true             # default true; a disabled rule is validated, not evaluated
         appeal: {zh: ..., en: ...}  # block rules only: this rule's own appeal route (else the file's)
+        breaker: {max_block_share: 2%, window: 1h, min_events: 500}  # block rules only: its own, or off
 
 Unknown keys are errors. Every problem is reported as `file:line: problem`.
 
@@ -123,6 +125,28 @@ rules need none (they refuse no one) but get their file's, so a trial shows
 the text its promotion will. Warn rules refuse nothing: `appeal:` on one is
 an error. The fail policy's built-in BLOCK reason carries
 service.pipeline.outcome.DEFAULT_APPEAL.
+
+Breakers
+--------
+
+A block rule may carry a breaker (service.pipeline.breakers): its own
+`breaker: {max_block_share: P%, window: W, min_events: N}`, `breaker: off`
+for none, or else its file's top-level `breaker:`. `max_block_share` is a
+percentage in (0 %, 100 %] with at most 4 decimals (`2%`, `0.05%`), `window`
+a length from `1m` to `24h` (service.durations), `min_events` a whole number
+from 1 to 10,000,000; all three are required, and unknown keys are errors. A
+warn rule with a `breaker:` is an error, and never takes its file's default.
+
+Over the window, the breaker counts the decisions of the event kinds the
+rule screens, on every replica together, and the rule's enforced blocks
+among them. When the window holds at least `min_events` decisions and more
+than `max_block_share` of them were the rule's blocks, the rule is demoted
+to shadow on every replica: still evaluated and reported (`shadow = true`,
+`~ID` in the decision log, and in the entry's `demoted`), never deciding,
+until `Rules/RearmBreaker` or a change of the rule itself (its event kinds,
+condition, outcome or breaker: `Rule.identity`) re-arms it. Only enabled,
+enforced block rules are counted (`Rule.watched`; a shadow rule's breaker
+applies once it is promoted). Where it is counted: service.riskdata.breakers.
 
 Outcome
 -------

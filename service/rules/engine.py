@@ -331,6 +331,19 @@ class CompiledRuleset:
             return ()
         return order_reasons(self._reason(self.rules[rule_id], facts, counters, list_hits) for rule_id in fired)
 
+    def fired(
+        self,
+        facts: Mapping[str, Scalar],
+        counters: Mapping[str, int | float],
+        list_hits: ListHits,
+    ) -> frozenset[str]:
+        """The ids of the rules that match, as `evaluate` finds them, without building their
+        reasons (for replays, which need only which rules fired)."""
+        kind = _kind_of(facts)
+        message = self._message(kind, facts, counters, list_hits)
+        with _LOCK:
+            return frozenset(self._fire_locked(kind, message))
+
     def _message(
         self, kind: EventKind, facts: Mapping[str, Scalar], counters: Mapping[str, int | float], list_hits: ListHits
     ) -> str:

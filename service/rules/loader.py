@@ -12,6 +12,10 @@ rules need none (they never refuse anyone) but get one when there is one, so
 the trial's text is the text promotion will show. Warn rules refuse nothing:
 an `appeal:` on one is an error, and a file's appeal is not appended to them.
 
+Breakers (service.pipeline.breakers): a block rule's own `breaker: {max_block_share, window,
+min_events}`, `breaker: off` for none, or its file's top-level `breaker:`; every value is checked
+and reported at its line; a warn rule with one is an error and takes no file default.
+
 Which files are rules: every `*.rules.yaml` under the directory (recursively,
 skipping hidden files and directories), in order of their relative path.
 `*.cases.yaml` files are test cases (service.rules.cases); counters.yaml and
@@ -25,10 +29,13 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 from service.domain import EventKind, Outcome
+from service.durations import seconds_of
 from service.errors import ConditionSyntaxError, SourceError, SourceProblem, TemplateError
+from service.pipeline.breakers import MAX_MIN_EVENTS, MAX_WINDOW_SECONDS, MIN_WINDOW_SECONDS, PPM, Breaker
 from service.pipeline.facts import FieldType
 from service.pipeline.outcome import Appeal, Language
 from service.riskdata.lists import ListSpec
@@ -54,7 +61,7 @@ from service.yamlsrc import YMap, YNode, YScalar, YSeq, describe, parse_yaml
 RULES_SUFFIX = ".rules.yaml"
 CASES_SUFFIX = ".cases.yaml"
 
-TOP_KEYS = ("revision", "appeal", "rules")
+TOP_KEYS = ("revision", "appeal", "breaker", "rules")
 RULE_KEYS = (
     "id",
     "on",
@@ -68,10 +75,15 @@ RULE_KEYS = (
     "enabled",
     "basis",
     "appeal",
+    "breaker",
 )
 REQUIRED_RULE_KEYS = ("id", "on", "when", "outcome", "reason")
 REASON_KEYS = ("zh", "en")
 APPEAL_KEYS: tuple[Language, Language] = ("zh", "en")
+BREAKER_KEYS = ("max_block_share", "window", "min_events")
+BREAKER_OFF = "off"
+_BREAKER_SHAPE = "{max_block_share: 2%, window: 10m, min_events: 200}"
+_SHARE = re.compile(r"(0|[1-9][0-9]{0,2})(\.[0-9]{1,4})?%")
 _ID = re.compile(r"[A-Za-z0-9_]+")
 _REVISION = re.compile(r"[A-Za-z0-9._+\-]{1,64}")
 _OUTCOMES = {"block": Outcome.BLOCK, "warn": Outcome.WARN}
@@ -142,6 +154,7 @@ class _FileLoader:
         self.labels: list[str] = []
         self.file_appeal: Appeal | None = None
         self.file_appeal_written = False  # present, even if broken: its own problems are reported
+        self.file_breaker: Breaker | None = None  # the default breaker of the file's block rules
 
     def problem(self, line: int, text: str) -> None:
         self.ctx.problems.append(SourceProblem(self.file, line, text))
@@ -162,6 +175,16 @@ class _FileLoader:
         if appeal is not None:
             self.file_appeal_written = True
             self.file_appeal = self.appeal(appeal)
+        breaker = tree.get("breaker")
+        if breaker is not None:
+            if isinstance(breaker, YMap):
+                self.file_breaker = self.breaker(breaker)
+            else:
+                self.problem(
+                    breaker.line,
+                    f"'breaker' at the top level must be {_BREAKER_SHAPE} (the default of the file's block "
+                    f"rules), got {describe(breaker)}",
+                )
         rules_node = tree.get("rules")
         if rules_node is None:
             self.problem(tree.line, "missing 'rules:' (a list of rules)")
@@ -221,6 +244,7 @@ class _FileLoader:
         reasons = self.reason(node.get("reason"), reads if checked else None)
         own_appeal_node = node.get("appeal")
         own_appeal = self.appeal(own_appeal_node) if own_appeal_node is not None else None
+        breaker = self.rule_breaker(node.get("breaker"), label, outcome)
         if len(self.ctx.problems) > errors_before:
             return None
         # Whether a route is needed is checked on an otherwise valid rule (as the message sizes are
@@ -250,6 +274,7 @@ class _FileLoader:
             file=self.file,
             line=node.line,
             appeal=appeal,
+            breaker=breaker,
         )
 
     def rule_appeal(
@@ -276,6 +301,70 @@ class _FileLoader:
                 "for all its block rules",
             )
         return appeal
+
+    def rule_breaker(self, node: YNode | None, label: str, outcome: Outcome | None) -> Breaker | None:
+        """The rule's breaker: its own, `off` for none, else (block rules) its file's default."""
+        if node is None:
+            return self.file_breaker if outcome is Outcome.BLOCK else None
+        if outcome is Outcome.WARN:
+            self.problem(node.line, f"{label} warns: 'breaker' is only for block rules (it counts the rule's blocks)")
+            return None
+        if isinstance(node, YScalar) and node.value == BREAKER_OFF:
+            return None
+        if not isinstance(node, YMap):
+            self.problem(
+                node.line,
+                f"'breaker' must be {_BREAKER_SHAPE}, or {BREAKER_OFF} (no breaker for this rule), "
+                f"got {describe(node)}",
+            )
+            return None
+        return self.breaker(node)
+
+    def breaker(self, node: YMap) -> Breaker | None:
+        """A `breaker:` mapping: a share (0% < share <= 100%), a window (1m to 24h), min_events >= 1."""
+        for key, _ in node.items:
+            if key.value not in BREAKER_KEYS:
+                self.unknown_key(key, BREAKER_KEYS, "in breaker")
+        values: list[int] = []
+        for name in BREAKER_KEYS:
+            value_node = node.get(name)
+            if value_node is None:
+                self.problem(node.line, f"breaker has no '{name}'")
+                continue
+            value = value_node.value if isinstance(value_node, YScalar) else None
+            parsed: int | None = None
+            if name == "max_block_share":
+                if isinstance(value, str) and _SHARE.fullmatch(value):
+                    parsed = int(Decimal(value[:-1]) * (PPM // 100))
+                    parsed = parsed if 0 < parsed <= PPM else None
+                if parsed is None:
+                    self.problem(
+                        value_node.line,
+                        "breaker.max_block_share must be a percentage above 0% and at most 100%, with at most "
+                        f"4 decimals (e.g. 2% or 0.5%), got {describe(value_node)}",
+                    )
+            elif name == "window":
+                seconds = seconds_of(value) if isinstance(value, str) else None
+                if seconds is not None and MIN_WINDOW_SECONDS <= seconds <= MAX_WINDOW_SECONDS:
+                    parsed = seconds
+                else:
+                    self.problem(
+                        value_node.line,
+                        "breaker.window must be a length of time from 1m to 24h (e.g. 10m), "
+                        f"got {describe(value_node)}",
+                    )
+            elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_MIN_EVENTS:
+                parsed = value
+            else:
+                self.problem(
+                    value_node.line,
+                    f"breaker.min_events must be a whole number from 1 to {MAX_MIN_EVENTS}, got {describe(value_node)}",
+                )
+            if parsed is not None:
+                values.append(parsed)
+        if len(values) != len(BREAKER_KEYS):
+            return None
+        return Breaker(share_ppm=values[0], window_seconds=values[1], min_events=values[2])
 
     def appeal(self, node: YNode) -> Appeal | None:
         """An `appeal:` mapping: one plain sentence per language, no placeholders."""

@@ -8,12 +8,15 @@ and each comparison has a single field or counter on its left.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TypeAlias
 
 from service.domain import EventKind, Outcome
+from service.pipeline.breakers import Breaker, BreakerWatch
 from service.pipeline.facts import ALL_KINDS, FieldType
 from service.pipeline.outcome import Appeal
 from service.riskdata.lists import ListSpec
@@ -314,10 +317,34 @@ class Rule:
     # The appeal route appended to both reason texts (the rule's own `appeal:` or its file's);
     # every enforced block rule has one (Art 32), a warn rule never.
     appeal: Appeal | None = None
+    # The rule's breaker (its own `breaker:` or its file's), block rules only; None: none.
+    breaker: Breaker | None = None
 
     @property
     def shadow(self) -> bool:
         return self.mode is Mode.SHADOW
+
+    @property
+    def identity(self) -> str:
+        """`<id>@<12 hex>`: the rule's id and a hash of what it blocks and how its breaker guards it
+        (event kinds, condition, outcome, breaker), the key of its breaker's state. An edit of the
+        condition or the breaker gives a new identity, so a demoted rule is re-armed by fixing it;
+        its texts, priority, mode, another rule or a comment do not change it."""
+        breaker = self.breaker
+        definition = {
+            "id": self.id,
+            "on": sorted(kind.value for kind in self.on),
+            "when": " ".join(self.when_text.split()),
+            "outcome": int(self.outcome),
+            "breaker": [breaker.share_ppm, breaker.window_seconds, breaker.min_events] if breaker else None,
+        }
+        text = json.dumps(definition, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        return f"{self.id}@{hashlib.sha256(text.encode('utf-8')).hexdigest()[:12]}"
+
+    @property
+    def watched(self) -> bool:
+        """Whether the rule's breaker counts it: an enabled, enforced block rule with a breaker."""
+        return self.breaker is not None and self.enabled and not self.shadow and self.outcome is Outcome.BLOCK
 
     @property
     def location(self) -> str:
@@ -337,6 +364,15 @@ class RuleSet:
     @property
     def enabled_rules(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.enabled)
+
+    @property
+    def breaker_watches(self) -> tuple[BreakerWatch, ...]:
+        """The rules whose breakers count (service.pipeline.breakers), in file order."""
+        return tuple(
+            BreakerWatch(r.id, r.identity, frozenset(r.on), r.breaker)
+            for r in self.rules
+            if r.watched and r.breaker is not None
+        )
 
     def rule(self, rule_id: str) -> Rule:
         for r in self.rules:

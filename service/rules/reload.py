@@ -49,6 +49,7 @@ from typing import NamedTuple, TypeVar
 
 from service.domain import EventKind, Reason
 from service.errors import ContentChanged, EvaluationError, RiskgateError, SourceError, SourceProblem
+from service.pipeline.breakers import BreakerWatch
 from service.pipeline.facts import Scalar
 from service.pipeline.money import CNY_ONLY, ExchangeRates
 from service.riskdata.counters.model import CounterSpec
@@ -86,6 +87,8 @@ class ActiveRules:
     content_hash: str
     directory: str
     rates: ExchangeRates = CNY_ONLY
+    # The rules with breakers (service.pipeline.breakers), for the risk data to count.
+    breakers: tuple[BreakerWatch, ...] = ()
 
     @property
     def compiled(self) -> CompiledRuleset:
@@ -119,6 +122,7 @@ def build(directory: RulesDirectory) -> ActiveRules:
         content_hash=directory.content_hash,
         directory=directory.directory,
         rates=directory.rates,
+        breakers=directory.ruleset.breaker_watches,
     )
 
 

@@ -1,4 +1,4 @@
-"""The administration gRPC services: watchlist entries and ruleset reloads.
+"""The administration gRPC services: watchlist entries, ruleset reloads and rule breakers.
 
 Identifiers arrive in clear and are hashed at once; they never appear in
 answers, logs or errors. Who made a change is the principal the credentials
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NoReturn
 
 import grpc
@@ -21,13 +21,16 @@ from redis.exceptions import RedisError
 from service._gen.riskgate.v1 import admin_pb2 as pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as pb_grpc
 from service.clock import Clock
-from service.errors import InvalidValue, RateLimited, RiskgateError, StoreUnavailable, UnknownList
+from service.errors import InvalidValue, RateLimited, RiskgateError, StoreUnavailable, UnknownList, UnknownRule
 from service.pipeline.api import abort_invalid, status_of
+from service.pipeline.breakers import BreakerWatch
 from service.pipeline.validate import parse_timestamp
+from service.riskdata.breakers import BreakerStatus, RuleBreakers
 from service.riskdata.watchlists import Entry, Watchlists
 from service.server.access.audit import AuditEntry, AuditTrail
 from service.server.access.guard import Principal, current_principal
 from service.server.access.limits import CheckEntryLimit
+from service.suggest import suggest
 
 log = logging.getLogger("riskgate.admin")
 
@@ -197,10 +200,101 @@ class WatchlistsService(pb_grpc.WatchlistsServicer):
         )
 
 
+def breaker_to_proto(status: BreakerStatus) -> pb.RuleBreaker:
+    watch, trip = status.watch, status.trip
+    return pb.RuleBreaker(
+        rule_id=watch.rule_id,
+        definition=watch.identity,
+        max_block_share=watch.breaker.share_text,
+        window=watch.breaker.window_text,
+        min_events=watch.breaker.min_events,
+        demoted=trip is not None,
+        demoted_at=_timestamp(datetime.fromtimestamp(trip.tripped_at_ms / 1000, UTC)) if trip else None,
+        events_at_trip=trip.events if trip else 0,
+        blocks_at_trip=trip.blocks if trip else 0,
+        window_events=status.window_events,
+        window_blocks=status.window_blocks,
+        event_kinds=sorted(kind.value for kind in watch.kinds),
+    )
+
+
 class RulesService(pb_grpc.RulesServicer):
-    def __init__(self, reload: Callable[[], Awaitable[ReloadResult]], audit: AuditTrail) -> None:
+    """ReloadRules, and the rule breakers of the serving ruleset (`watches()`: its rules with
+    breakers; `breakers`: the process's `RuleBreakers`)."""
+
+    def __init__(
+        self,
+        reload: Callable[[], Awaitable[ReloadResult]],
+        audit: AuditTrail,
+        *,
+        breakers: RuleBreakers | None = None,
+        watches: Callable[[], tuple[BreakerWatch, ...]] = tuple,
+        clock: Clock | None = None,
+        on_rearm: Callable[[str], None] | None = None,
+    ) -> None:
         self._reload = reload
         self._audit = audit
+        self._breakers = breakers
+        self._watches = watches
+        self._clock = clock
+        self._on_rearm = on_rearm
+
+    def _now_ms(self) -> int:
+        now = self._clock.now() if self._clock is not None else datetime.now(UTC)
+        return int(now.timestamp() * 1000)
+
+    async def ListBreakers(self, request: pb.ListBreakersRequest, context: Context) -> pb.ListBreakersResponse:
+        if self._breakers is None:
+            return pb.ListBreakersResponse()
+        try:
+            states = await self._breakers.status(self._watches(), self._now_ms())
+        except StoreUnavailable as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            raise AssertionError("abort returned") from None  # pragma: no cover - abort raises
+        return pb.ListBreakersResponse(breakers=[breaker_to_proto(state) for state in states])
+
+    async def RearmBreaker(self, request: pb.RearmBreakerRequest, context: Context) -> pb.RearmBreakerResponse:
+        principal = current_principal()
+        note = _note(request.note)
+        watches = self._watches()
+        watch = next((w for w in watches if w.rule_id == request.rule_id), None)
+
+        async def audit(result: str, detail: str) -> None:
+            await self._audit.record(
+                AuditEntry(
+                    principal=principal.name,
+                    identity=principal.identity,
+                    action="rules.breaker.rearm",
+                    result=result,
+                    note=note,
+                    detail=detail,
+                )
+            )
+
+        if watch is None or self._breakers is None:
+            ids = [w.rule_id for w in watches]
+            guess = suggest(request.rule_id, ids) if request.rule_id else None
+            hint = f", did you mean '{guess}'?" if guess else f" (rules with breakers: {', '.join(ids) or 'none'})"
+            await audit("NOT_FOUND", f"rule={request.rule_id[:64]}")
+            await _fail(context, UnknownRule(f"no rule '{request.rule_id[:64]}' with a breaker serves now{hint}"))
+        try:
+            was = await self._breakers.rearm(watch, self._now_ms())
+            (state,) = await self._breakers.status((watch,), self._now_ms())
+        except StoreUnavailable as error:
+            await audit("UNAVAILABLE", f"rule={watch.rule_id}; definition={watch.identity}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+            raise AssertionError("abort returned") from None  # pragma: no cover - abort raises
+        if self._on_rearm is not None:
+            self._on_rearm(watch.rule_id)
+        await audit(
+            "ok" if was else "ok: not demoted",
+            f"rule={watch.rule_id}; definition={watch.identity}; was_demoted={'yes' if was else 'no'}",
+        )
+        log.info(
+            "rule %s re-armed by %s", watch.rule_id, principal.name,
+            extra={"fields": {"rule": watch.rule_id, "definition": watch.identity, "was_demoted": was}},
+        )  # fmt: skip
+        return pb.RearmBreakerResponse(was_demoted=was, breaker=breaker_to_proto(state))
 
     async def ReloadRules(self, request: pb.ReloadRulesRequest, context: Context) -> pb.ReloadRulesResponse:
         principal = current_principal()

@@ -27,9 +27,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,28 +43,34 @@ from redis.exceptions import RedisError
 from service import __version__
 from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
+from service._gen.riskgate.v1 import dispositions_pb2_grpc as dispositions_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service.clock import Clock, SystemClock
 from service.domain import Outcome, ScreenRequest, local_time
 from service.errors import ConfigError, StoreUnavailable
 from service.pipeline import api, validate
+from service.pipeline.breakers import BreakerWatch
 from service.pipeline.facts import facts, identifiers
 from service.pipeline.outcome import decide
 from service.pipeline.screening import Screener
 from service.redis.connection import embedded_dir, hasher_for, make_client
 from service.redis.embedded import EmbeddedRedis
+from service.riskdata.breakers import Trip
+from service.riskdata.dispositions import DispositionStore
 from service.riskdata.store import BoundRiskData, RiskDataConfig, RiskDataStore
 from service.riskdata.watchlists import Watchlists
 from service.rules.reload import ActiveRules, ReloadResult, RulesManager
-from service.server.access.audit import AuditTrail
+from service.server.access.audit import AuditEntry, AuditTrail
 from service.server.access.guard import Guard
 from service.server.access.limits import CheckEntryLimit
 from service.server.access.tls import CertificateFiles, TlsFiles
 from service.server.admin import RulesService, WatchlistsService
+from service.server.dispositions import SERVICE as DISPOSITIONS_SERVICE
+from service.server.dispositions import DispositionsService
 from service.server.metrics import Metrics
 from service.server.reflection import enable_reflection
 from service.server.screening import SCREENING_SERVICE, ScreeningService
-from service.settings import FailPolicy, Settings
+from service.settings import DispositionIndex, FailPolicy, Settings
 from service.synth import generate
 
 log = logging.getLogger("riskgate.server")
@@ -70,13 +78,16 @@ log = logging.getLogger("riskgate.server")
 # Per-component health, queried as grpc.health.v1 service names.
 REDIS_COMPONENT = "redis"
 RULES_COMPONENT = "rules"
+# NOT_SERVING while a rule of the serving ruleset is demoted to shadow by its breaker
+# (Rules/ListBreakers says which): the service still serves, the rules need a look.
+BREAKERS_COMPONENT = "breakers"
 _PROBE_SECONDS = 1.0
 ADMIN_SERVICES = tuple(s.full_name for s in admin_pb.DESCRIPTOR.services_by_name.values())
 
 
 # Health answers for the server ("") and every service it serves; they follow the server's state
 # (SERVING once warmed up, NOT_SERVING while it drains). `redis` and `rules` are its components.
-HEALTH_NAMES = ("", SCREENING_SERVICE, *ADMIN_SERVICES)
+HEALTH_NAMES = ("", SCREENING_SERVICE, *ADMIN_SERVICES, DISPOSITIONS_SERVICE)
 
 
 def warm_up_requests(now: datetime) -> list[pb.ScreenRequest]:
@@ -96,6 +107,8 @@ def risk_data_config(settings: Settings) -> RiskDataConfig:
         log_dedupe_seconds=settings.decision_log_dedupe_hours * 3600,
         log_backlog_limit=settings.decision_log_backlog,
         log_spool=settings.data_dir / "decision-log.spool",
+        disposition_seconds=settings.disposition_days * 86_400,
+        index_every_decision=settings.disposition_index is DispositionIndex.ALL,
     )
 
 
@@ -135,6 +148,8 @@ class Server:
             on_request_id_reused=self.metrics.request_id_reused.inc,
         )
         self.audit = AuditTrail(self.redis, self.risk.hasher.prefix, self.clock)
+        self.risk.breakers.on_trip = self._on_breaker_trip
+        self._background: set[asyncio.Task[None]] = set()  # audit writes of trips, until done
         self.guard = Guard(
             policy_file=settings.policy_file,
             tokens_file=settings.tokens_file,
@@ -172,7 +187,11 @@ class Server:
     def _session(self) -> Iterator[_Session]:
         with self.rules.lease() as active:
             bound = self.risk.for_rules(
-                key=active.content_hash, counter_spec=active.counter_spec, where=active.where, lists=active.lists
+                key=active.content_hash,
+                counter_spec=active.counter_spec,
+                where=active.where,
+                lists=active.lists,
+                breakers=active.breakers,
             )
             yield _Session(active, bound)
 
@@ -211,11 +230,33 @@ class Server:
             on_limited=lambda principal: self.metrics.access_denied.labels(principal, "RESOURCE_EXHAUSTED").inc(),
         )
         admin_pb_grpc.add_WatchlistsServicer_to_server(watchlists, self._grpc)
-        admin_pb_grpc.add_RulesServicer_to_server(RulesService(self._reload, self.audit), self._grpc)
+        rules_service = RulesService(
+            self._reload,
+            self.audit,
+            breakers=self.risk.breakers,
+            watches=lambda: self.rules.current.breakers,
+            clock=self.clock,
+            on_rearm=self._on_breaker_rearmed,
+        )
+        admin_pb_grpc.add_RulesServicer_to_server(rules_service, self._grpc)
+        dispositions = DispositionStore(
+            self.redis,
+            self.risk.log_key,
+            self.clock,
+            retention_seconds=self.settings.disposition_days * 86_400,
+        )
+        dispositions_pb_grpc.add_DispositionsServicer_to_server(
+            DispositionsService(dispositions, self.audit, self.clock), self._grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         enable_reflection(
             self._grpc,
-            (SCREENING_SERVICE, *ADMIN_SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+            (
+                SCREENING_SERVICE,
+                *ADMIN_SERVICES,
+                DISPOSITIONS_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            ),
         )
         if self.settings.metrics_listen:
             try:
@@ -232,6 +273,7 @@ class Server:
         await self._set_health(RULES_COMPONENT, serving=True)
         await self._warm_up(active)
         await self._probe_redis()
+        await self._check_breakers()  # a replica starting late knows of earlier trips at once
         # Bound only now: a port bound before the warm-up accepts connections nobody answers,
         # and clients that tried then wait out gRPC's reconnect backoff (up to 20 s) afterwards.
         try:
@@ -356,14 +398,53 @@ class Server:
         await self._set_health(REDIS_COMPONENT, serving=ok)
 
     async def _probe_forever(self) -> None:
-        """Every second: is Redis reachable, do the rule files on disk hold errors."""
+        """Every second: is Redis reachable, do the rule files on disk hold errors, which rules are
+        demoted by their breakers."""
         while True:
             await asyncio.sleep(_PROBE_SECONDS)
             await self._probe_redis()
             await self._set_health(RULES_COMPONENT, serving=not self.rules.last_errors)
+            await self._check_breakers()
             await self.guard.reload()
             self.metrics.unwritten_log_entries.set(self.risk.log.backlog)
             self._check_rates()
+
+    async def _check_breakers(self) -> None:
+        """Every second: the rule breakers' state from Redis (kept as last known when Redis does not
+        answer), as `riskgate_rule_breaker_tripped` and health `breakers`."""
+        watches = self.rules.current.breakers
+        await self.risk.breakers.refresh(watches)
+        self._show_breakers(watches)
+        demoted = self.risk.breakers.demoted_ids(watches)
+        await self._set_health(BREAKERS_COMPONENT, serving=not demoted)
+
+    def _show_breakers(self, watches: tuple[BreakerWatch, ...]) -> None:
+        self.metrics.set_breakers((w.rule_id for w in watches), self.risk.breakers.demoted_ids(watches))
+
+    def _on_breaker_trip(self, watch: BreakerWatch, trip: Trip) -> None:
+        """This replica's screening tripped a rule's breaker (called once per trip, on the event
+        loop): count it, show it, and write the audit entry in the background."""
+        self.metrics.rule_breaker_trips.labels(watch.rule_id).inc()
+        self.metrics.rule_breaker_tripped.labels(watch.rule_id).set(1)
+        entry = AuditEntry(
+            principal="riskgate",
+            identity=f"breaker:{socket.gethostname()}:{os.getpid()}",
+            action="rules.breaker.trip",
+            result="demoted to shadow",
+            detail=(
+                f"rule={watch.rule_id}; definition={watch.identity}; blocks={trip.blocks}; events={trip.events}; "
+                f"max_block_share={watch.breaker.share_text}; window={watch.breaker.window_text}; "
+                f"min_events={watch.breaker.min_events}; revision={self.rules.current.revision}"
+            ),
+        )
+        for work in (self.audit.record(entry), self._set_health(BREAKERS_COMPONENT, serving=False)):
+            task: asyncio.Task[None] = asyncio.ensure_future(_discard(work))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _on_breaker_rearmed(self, rule_id: str) -> None:
+        self.metrics.rule_breaker_rearms.labels(rule_id).inc()
+        self._show_breakers(self.rules.current.breakers)
 
     def _check_rates(self) -> None:
         """The exchange rates' age, as a metric, and one warning per ruleset while they are stale."""
@@ -380,6 +461,10 @@ class Server:
                 extra={"fields": {"file": rates.file, "as_of": str(rates.as_of), "age_days": age,
                                   "stale_after_days": rates.stale_after_days, "source": rates.source}},
             )  # fmt: skip
+
+
+async def _discard(work: Awaitable[object]) -> None:
+    await work
 
 
 async def run(settings: Settings, *, risk_config: RiskDataConfig | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from service.server.access.tls import TlsFiles
@@ -57,7 +59,7 @@ class Metrics:
         )
         self.component_up = Gauge(
             "riskgate_component_up",
-            "1 when a component (redis, rules) is healthy, else 0.",
+            "1 when a component (redis, rules, breakers: no rule demoted) is healthy, else 0.",
             ["component"],
             registry=self.registry,
         )
@@ -94,9 +96,39 @@ class Metrics:
             "1 while the Redis circuit breaker is open (requests are answered without risk data).",
             registry=self.registry,
         )
+        self.rule_breaker_tripped = Gauge(
+            "riskgate_rule_breaker_tripped",
+            "1 while a rule of the serving ruleset is demoted to shadow by its breaker, 0 while it is armed; "
+            "by rule id (ids are no personal data).",
+            ["rule"],
+            registry=self.registry,
+        )
+        self.rule_breaker_trips = Counter(
+            "riskgate_rule_breaker_trips",
+            "Rule breakers this replica tripped (each trip is counted by one replica), by rule id.",
+            ["rule"],
+            registry=self.registry,
+        )
+        self.rule_breaker_rearms = Counter(
+            "riskgate_rule_breaker_rearms",
+            "Rule breakers re-armed through Rules/RearmBreaker on this replica, by rule id.",
+            ["rule"],
+            registry=self.registry,
+        )
+        self._breaker_rules: set[str] = set()
 
     def set_revision(self, revision: str) -> None:
         self.ruleset.info({"revision": revision})
+
+    def set_breakers(self, rules: Iterable[str], demoted: Collection[str]) -> None:
+        """`riskgate_rule_breaker_tripped` for the rules with breakers now (`rules`); the labels of
+        rules no longer served are removed."""
+        current = set(rules)
+        for rule in self._breaker_rules - current:
+            self.rule_breaker_tripped.remove(rule)
+        for rule in current:
+            self.rule_breaker_tripped.labels(rule).set(1 if rule in demoted else 0)
+        self._breaker_rules = current
 
     def serve(self, address: str, tls: TlsFiles | None = None) -> None:
         """Serve /metrics over HTTP (HTTPS with `tls`; with its client CA, clients need certificates)

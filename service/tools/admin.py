@@ -24,6 +24,7 @@ from service.clock import SystemClock
 from service.domain import CHINA_TZ
 from service.errors import ConfigError, InvalidValue, SourceError, UnknownList
 from service.redis.connection import hasher_for, tool_connection
+from service.riskdata.history import write_parquet
 from service.riskdata.lists import LISTS_FILE, load_lists
 from service.riskdata.records import LOG_STREAM, entry_document
 from service.riskdata.watchlists import Entry, Watchlists
@@ -306,10 +307,17 @@ def _decisions_export(args: argparse.Namespace) -> int:
     except InvalidValue as error:
         print(f"riskgate decisions export: {error}", file=sys.stderr)
         return 2
+    if args.format == "parquet" and not args.out:
+        print("riskgate decisions export: --format parquet needs --out FILE", file=sys.stderr)
+        return 2
 
     async def run() -> int:
         async with tool_connection(settings) as client:
             key = f"{hasher_for(settings).prefix}:log:{LOG_STREAM}"
+            if args.format == "parquet":
+                documents = [entry_document(i, f) async for i, f in read_stream(client, key, since, until)]
+                write_parquet(documents, Path(args.out))
+                return len(documents)
             if args.out:
                 with Path(args.out).open("w", encoding="utf-8") as out:
                     return await export_decisions(client, key, out, since, until)
@@ -333,8 +341,9 @@ def _decisions_tail(args: argparse.Namespace) -> int:
     return run_tail(run)  # Ctrl-C is how a tail ends
 
 
-def add_admin_commands(commands: Any) -> None:
-    """Register `lists import` and `decisions tail|export` on the main parser's subcommands."""
+def add_admin_commands(commands: Any) -> Any:
+    """Register `lists import` and `decisions tail|export` on the main parser's subcommands; the
+    `decisions` subcommands, for the others."""
     lists = commands.add_parser("lists", help="manage watchlists in bulk")
     lists_commands = lists.add_subparsers(dest="lists_command", required=True, metavar="COMMAND")
     load = lists_commands.add_parser(
@@ -358,8 +367,12 @@ def add_admin_commands(commands: Any) -> None:
     tail.add_argument("--from-start", action="store_true", help="begin with the oldest logged decision")
     tail.add_argument("--count", type=int, help="stop after this many")
     tail.set_defaults(handler=_decisions_tail)
-    export = decision_commands.add_parser("export", help="write logged decisions as JSON Lines")
+    export = decision_commands.add_parser(
+        "export", help="write logged decisions as JSON Lines or a Parquet file (for a backtest, DuckDB, Spark)"
+    )
     export.add_argument("--since", help="ISO 8601 time (China time if no offset)")
     export.add_argument("--until", help="ISO 8601 time (China time if no offset)")
-    export.add_argument("--out", help="file to write (default: stdout)")
+    export.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl", help="default: jsonl")
+    export.add_argument("--out", help="file to write (default: stdout; required for parquet)")
     export.set_defaults(handler=_decisions_export)
+    return decision_commands

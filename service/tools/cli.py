@@ -13,6 +13,7 @@ from pathlib import Path
 
 from service import __version__, logs
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
+from service.backtest.command import add_backtest_command
 from service.errors import ConfigError, RiskgateError
 from service.server.access.identity import ClientCredentials
 from service.server.app import run
@@ -21,6 +22,8 @@ from service.synth import add_synth_command
 from service.tools import screen as screen_tool
 from service.tools.access import add_access_commands
 from service.tools.admin import add_admin_commands
+from service.tools.archive import add_archive_command
+from service.tools.dispositions import add_disposition_commands
 from service.tools.rules import add_rules_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -153,9 +156,11 @@ def parser() -> argparse.ArgumentParser:
     screen.set_defaults(handler=_screen)
 
     add_rules_commands(commands)
-    add_admin_commands(commands)
+    add_archive_command(add_admin_commands(commands))
     add_access_commands(commands)
+    add_disposition_commands(commands)
     add_synth_command(commands)
+    add_backtest_command(commands)
     return root
 
 

@@ -1,4 +1,4 @@
-"""`riskgate rules check DIR` and `riskgate rules test DIR`.
+"""`riskgate rules check DIR` and `riskgate rules test DIR` (and `report`, `breakers`, `rearm`).
 
 The main CLI calls `add_rules_commands(subparsers)`; each registered command
 stores `handler(args) -> int` (the exit code) in the parsed arguments, which
@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TextIO
 
+from service.domain import Outcome
 from service.errors import SourceError
 from service.pipeline.money import ExchangeRates
 from service.rules.cases import load_cases, run_cases
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import load_directory
 from service.rules.engine import build_ruleset
+from service.rules.model import RuleSet
+from service.tools.breakers import add_breaker_commands
 from service.tools.rules_report import add_report_command
 
 
@@ -59,6 +63,7 @@ def run_check(
     unfounded = [r.id for r in rules if not r.basis]
     if unfounded:
         print(f"note: no 'basis' (law article or practice) for {', '.join(unfounded)}", file=out)
+    _print_breakers(ruleset, out)
     counters = loaded.counter_spec.counters
     print(
         f"ok: {len(rules)} rules ({len(enabled)} enabled, {shadow} shadow) in {len(ruleset.files)} files, "
@@ -68,6 +73,18 @@ def run_check(
         file=out,
     )
     return 0
+
+
+def _print_breakers(ruleset: RuleSet, out: TextIO) -> None:
+    """One line on the rule breakers, when any rule has one: how many of the enforced block rules
+    they guard, and each distinct breaker with how many rules it guards."""
+    watches = ruleset.breaker_watches
+    if not watches:
+        return
+    blocking = sum(1 for r in ruleset.rules if r.enabled and not r.shadow and r.outcome is Outcome.BLOCK)
+    kinds = Counter(str(w.breaker) for w in watches)
+    shown = "; ".join(f"{text} ({count})" for text, count in kinds.most_common())
+    print(f"breakers: {len(watches)} of {blocking} enforced block rules; {shown}", file=out)
 
 
 def run_test(
@@ -103,7 +120,7 @@ def run_test(
 def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `rules check DIR`, `rules test DIR` and `rules report` on the CLI's subparsers."""
     rules = subparsers.add_parser("rules", help="check and test a rules directory; report what its rules did")
-    commands = rules.add_subparsers(dest="rules_command", required=True, metavar="{check,test,report}")
+    commands = rules.add_subparsers(dest="rules_command", required=True, metavar="{check,test,report,breakers,rearm}")
 
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -135,6 +152,7 @@ def add_rules_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 
     test.set_defaults(handler=do_test)
     add_report_command(commands)
+    add_breaker_commands(commands)
 
 
 def _rates_summary(rates: ExchangeRates) -> str:

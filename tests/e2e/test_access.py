@@ -32,6 +32,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service._gen.riskgate.v1 import admin_pb2 as admin_pb
 from service._gen.riskgate.v1 import admin_pb2_grpc as admin_pb_grpc
+from service._gen.riskgate.v1 import dispositions_pb2 as dispositions_pb
+from service._gen.riskgate.v1 import dispositions_pb2_grpc as dispositions_pb_grpc
 from service._gen.riskgate.v1 import screening_pb2 as pb
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.clock import SystemClock
@@ -150,6 +152,29 @@ def _reload(channel: grpc.Channel, metadata: Metadata) -> None:
     admin_pb_grpc.RulesStub(channel).ReloadRules(admin_pb.ReloadRulesRequest(), timeout=10, metadata=metadata)
 
 
+def _admitted_unknown(call: Callable[[], object]) -> None:
+    """A call about a decision that does not exist: NOT_FOUND means it was let through."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+
+
+def _report(channel: grpc.Channel, metadata: Metadata) -> None:
+    request = dispositions_pb.ReportDispositionRequest(
+        decision_id=str(uuid.uuid4()), disposition=dispositions_pb.DISPOSITION_FALSE_ALARM
+    )
+    stub = dispositions_pb_grpc.DispositionsStub(channel)
+    _admitted_unknown(lambda: stub.Report(request, timeout=10, metadata=metadata))
+
+
+def _dispositions(channel: grpc.Channel, metadata: Metadata) -> None:
+    request = dispositions_pb.GetDispositionsRequest(decision_id=str(uuid.uuid4()))
+    stub = dispositions_pb_grpc.DispositionsStub(channel)
+    _admitted_unknown(lambda: stub.Get(request, timeout=10, metadata=metadata))
+
+
 def _health(channel: grpc.Channel, metadata: Metadata) -> None:
     health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10, metadata=metadata)
 
@@ -170,6 +195,8 @@ RPCS: dict[str, tuple[Callable[[grpc.Channel, Metadata], None], str | None]] = {
     "AddEntry": (_add, "lists.write"),
     "RemoveEntry": (_remove, "lists.write"),
     "ReloadRules": (_reload, "rules.admin"),
+    "Dispositions/Report": (_report, "dispositions.write"),
+    "Dispositions/Get": (_dispositions, "decisions.read"),
     "Health": (_health, None),
     "Reflection": (_reflection, "any principal"),
 }
@@ -192,6 +219,7 @@ roles:
   writer: [lists.write]
   rules: [rules.admin]
   decisions: [decisions.read]
+  dispositions: [dispositions.write]
   nothing: []
 principals:
   - {name: p-screen, token: t-screen, roles: [screen]}
@@ -199,6 +227,7 @@ principals:
   - {name: p-writer, token: t-writer, roles: [writer]}
   - {name: p-rules, token: t-rules, roles: [rules]}
   - {name: p-decisions, token: t-decisions, roles: [decisions]}
+  - {name: p-dispositions, token: t-dispositions, roles: [dispositions]}
   - {name: p-nothing, token: t-nothing, roles: [nothing]}
 """
 MATRIX_PERMISSIONS = {
@@ -207,6 +236,7 @@ MATRIX_PERMISSIONS = {
     "t-writer": {"lists.write"},
     "t-rules": {"rules.admin"},
     "t-decisions": {"decisions.read"},
+    "t-dispositions": {"dispositions.write"},
     "t-nothing": set(),
 }
 

@@ -38,7 +38,7 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await connection.aclose()
 
 
-def _log(client: aioredis.Redis, spool: Path | None = None, **config: int) -> DecisionLog:
+def _log(client: aioredis.Redis, spool: Path | None = None, **config: Any) -> DecisionLog:
     return DecisionLog(client, DecisionLogConfig(stream_key=STREAM, spool_path=spool, **config), _Clock())
 
 

@@ -14,7 +14,7 @@ from service.domain import (
     ScreenRequest,
     Sex,
 )
-from service.riskdata.records import decode_decision, encode_decision, entry_document, log_entry
+from service.riskdata.records import LAYOUTS, decode_decision, encode_decision, entry_document, log_entry
 
 AT = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
 ID = "11010519900307123X"
@@ -67,6 +67,7 @@ def test_log_entry_has_no_clear_identifier() -> None:
     assert ID not in json.dumps(entry)
     document = entry_document("1-0", {k.encode(): v.encode() for k, v in entry.items()})
     assert document["rules"] == ["K05_many_banks", "~S12_shadow"]
+    assert document["demoted"] == []
     assert document["counters"] == {"banks_30d": 4}
     assert document["degraded"] is False
 
@@ -102,12 +103,18 @@ def test_log_entry_fields_byte_for_byte() -> None:
         "region_code": "310115",
         "outcome": "warn",
         "rules": "K05_many_banks,~S12_shadow",
+        "demoted": "",  # the rules demoted by their breakers at the decision, comma-separated
         "revision": "2026-11@abc",
         "degraded": "0",
+        "late": "0",  # degraded over budget: its counter update was sent and probably counted
         # sorted by name, whatever order the counters were read in
         "counters": '{"a_first":0,"banks_30d":4,"flow_24h":12.5,"z_last":1}',
         "list_hits": "a:x.y,b:x.y",
         "subject": "HASHED",
+        # for replays: the facts and identifier hashes in the order of the kind's layout (none given here)
+        "layout": LAYOUTS[EventKind.CLOSURE].tag,
+        "facts": json.dumps([None] * len(LAYOUTS[EventKind.CLOSURE].facts), separators=(",", ":")),
+        "ids": json.dumps([None] * len(LAYOUTS[EventKind.CLOSURE].ids), separators=(",", ":")),
     }
     assert list(entry) == list(log_entry(request, DECISION, subject_hash="H", counters={}, list_hits={}))
     assert json.dumps(dict(sorted(counters.items())), separators=(",", ":")) == entry["counters"]

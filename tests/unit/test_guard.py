@@ -431,7 +431,10 @@ async def test_an_unauthenticated_rules_call_is_audited_with_its_peer(guarded: G
     assert entry["detail"] == f"{RELOAD_RULES}: the bearer token is not valid"
 
 
-@pytest.mark.parametrize("method", [CHECK_ENTRY, ADD_ENTRY, RELOAD_RULES])
+@pytest.mark.parametrize(
+    "method",
+    [CHECK_ENTRY, ADD_ENTRY, RELOAD_RULES, "/riskgate.v1.Rules/RearmBreaker", "/riskgate.v1.Rules/ListBreakers"],
+)
 async def test_every_refused_admin_call_is_audited_once(guarded: Guarded, method: str) -> None:
     with pytest.raises(Aborted):
         await guarded.call(method, Context(auth=certificate("c17.counter.bank.example")))

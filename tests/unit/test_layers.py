@@ -2,6 +2,7 @@
 
     tools      the riskgate command line
     server     gRPC wiring, admin services, metrics, access control
+    backtest   recorded history replayed through rules directories, offline
     synth      synthetic traffic (the server's warm-up uses it)
     rules      the rule language and the rules directory
     riskdata   risk data kept in Redis, and the counter and list declarations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-LAYERS = ("base", "pipeline", "redis", "riskdata", "rules", "synth", "server", "tools")
+LAYERS = ("base", "pipeline", "redis", "riskdata", "rules", "synth", "backtest", "server", "tools")
 PACKAGES = frozenset(LAYERS[1:])
 SERVICE = REPO / "service"
 REDIS_FREE = ("pipeline", "rules")  # layers whose import closure holds no module importing redis-py

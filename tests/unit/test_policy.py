@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service._gen.riskgate.v1 import admin_pb2, screening_pb2
+from service._gen.riskgate.v1 import admin_pb2, dispositions_pb2, screening_pb2
 from service.errors import SourceError
 from service.server.access.policy import (
     AUTHENTICATED_METHODS,
@@ -155,7 +155,7 @@ def test_unknown_permission() -> None:
     text = "roles:\n  outlet:\n    - screen\n    - screening\nprincipals: []\n"
     assert problems_of(text) == [
         f"{FILE}:4: role 'outlet': unknown permission 'screening' "
-        "(known: screen, lists.read, lists.write, rules.admin, decisions.read)"
+        "(known: screen, lists.read, lists.write, rules.admin, decisions.read, dispositions.write)"
     ]
 
 
@@ -396,7 +396,7 @@ def test_no_identities_match_nothing() -> None:
 
 def declared_methods() -> list[str]:
     methods = []
-    for module in (screening_pb2, admin_pb2):
+    for module in (screening_pb2, admin_pb2, dispositions_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             methods += [f"/{service.full_name}/{method.name}" for method in service.methods]
     return methods

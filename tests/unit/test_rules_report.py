@@ -1,12 +1,14 @@
-"""`riskgate rules report`'s arithmetic: fires, shadow fires, shares and outcome mixes per rule."""
+"""`riskgate rules report`'s arithmetic: fires, shadow fires, shares, outcome and disposition mixes,
+and precision per rule."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from service.dispositions import Disposition
 from service.riskdata.records import entry_document
-from service.tools.rules_report import RuleInfo, since_id, tally
+from service.tools.rules_report import RuleInfo, latest_dispositions, precision_text, since_id, tally
 
 RULES = (
     RuleInfo("T15_fraud_payee", "block", False, ("transfer",)),
@@ -16,9 +18,12 @@ RULES = (
 )
 
 
-def _entry(kind: str, outcome: str, rules: str = "", degraded: str = "0", revision: str = "r@1") -> dict[str, Any]:
+def _entry(
+    kind: str, outcome: str, rules: str = "", degraded: str = "0", revision: str = "r@1", decision_id: str = ""
+) -> dict[str, Any]:
     """A log entry as the stream holds it, read as the report reads it."""
     fields = {"kind": kind, "outcome": outcome, "rules": rules, "degraded": degraded, "revision": revision}
+    fields["decision_id"] = decision_id
     return entry_document("0-1", {k.encode(): v.encode() for k, v in fields.items()})
 
 
@@ -57,7 +62,62 @@ def test_each_rule_is_counted_enforced_and_in_shadow_with_the_outcomes_it_fired_
         "shadow_fires": 0,
         "share_of_events": None,
         "outcomes": {},
+        "dispositions": {},
+        "positives": 0,
+        "negatives": 0,
+        "pending": 0,
+        "disposed": 0,
+        "precision": None,
     }
+
+
+def test_precision_counts_each_decisions_latest_disposition_and_leaves_pending_ones_out() -> None:
+    labels = latest_dispositions(
+        [
+            {"decision_id": "d1", "disposition": "appeal_filed"},
+            {"decision_id": "d2", "disposition": "confirmed_fraud"},
+            {"decision_id": "d3", "disposition": "false_alarm"},
+            {"decision_id": "d1", "disposition": "appeal_upheld"},  # the latest of d1: a negative
+            {"decision_id": "d4", "disposition": "appeal_filed"},
+            {"decision_id": "d5", "disposition": "customer_dissuaded"},
+            {"decision_id": "d6", "disposition": "from_a_newer_version"},
+        ]
+    )
+    assert labels["d1"] is Disposition.APPEAL_UPHELD and "d6" not in labels
+    report = tally(
+        [
+            _entry("transfer", "block", "T15_fraud_payee,~T19_trial", decision_id="d1"),
+            _entry("transfer", "block", "T15_fraud_payee", decision_id="d2"),
+            _entry("transfer", "warn", "~T19_trial", decision_id="d3"),
+            _entry("transfer", "block", "T15_fraud_payee", decision_id="d4"),
+            _entry("transfer", "warn", "~T19_trial", decision_id="d5"),
+            _entry("transfer", "block", "T15_fraud_payee", decision_id="d7"),  # no disposition
+        ],
+        RULES,
+        labels,
+    )
+    t15, t19 = report.rules["T15_fraud_payee"], report.rules["T19_trial"]
+    assert dict(t15.dispositions) == {
+        Disposition.APPEAL_UPHELD: 1,
+        Disposition.CONFIRMED_FRAUD: 1,
+        Disposition.APPEAL_FILED: 1,
+    }
+    assert (t15.positives, t15.negatives, t15.pending, t15.disposed, t15.precision) == (1, 1, 1, 2, 0.5)
+    assert (t19.positives, t19.negatives, t19.disposed) == (1, 2, 3)  # shadow fires count too
+    assert precision_text(t19) == "33.3% (n=3)"
+    assert precision_text(report.rules["K05_banks"]) == "—"
+    assert report.by_disposition[Disposition.APPEAL_FILED] == 1 and sum(report.by_disposition.values()) == 5
+    document = report.document()
+    assert document["by_disposition"] == {
+        "appeal_filed": 1,
+        "appeal_upheld": 1,
+        "confirmed_fraud": 1,
+        "customer_dissuaded": 1,
+        "false_alarm": 1,
+    }
+    rules = {rule["rule_id"]: rule for rule in document["rules"]}
+    assert rules["T15_fraud_payee"]["dispositions"] == {"appeal_filed": 1, "appeal_upheld": 1, "confirmed_fraud": 1}
+    assert (rules["T15_fraud_payee"]["precision"], rules["K05_banks"]["precision"]) == (0.5, None)
 
 
 def test_since_takes_an_age_or_a_time() -> None:

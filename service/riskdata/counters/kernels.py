@@ -268,3 +268,119 @@ def replay_idle(
         else:
             out[i] = idle_days(last[e], gaps[e], t, run_gap)
     return out
+
+
+# --- the same replays over steps grouped by entity -----------------------------------------
+#
+# `replay_windowed` and `replay_distinct` keep a ring of buckets per entity: n_entities x buckets
+# int64s, 144 MB for 100,000 entities of a 180-day window, zeroed on every call. Entities never
+# interact, so a caller may order the steps by entity (each entity's steps contiguous, in replay
+# order within it: a stable sort) and use these, which keep one ring and reset it where the
+# entity changes: memory O(buckets), and the ring stays in cache. Same values, step for step.
+
+
+@njit(cache=True)
+def replay_windowed_runs(
+    times: np.ndarray, entities: np.ndarray, amounts: np.ndarray, updates: np.ndarray, granularity: int, buckets: int
+) -> np.ndarray:
+    """`replay_windowed` for steps grouped by entity (see above)."""
+    n = buckets
+    ring = np.zeros(n, dtype=np.int64)
+    out = np.zeros(times.shape[0], dtype=np.int64)
+    current = -1
+    h = NOTHING
+    total = 0
+    for i in range(times.shape[0]):
+        if entities[i] != current:
+            current = entities[i]
+            h = NOTHING
+            total = 0
+        b = times[i] // granularity
+        if updates[i] != 0:
+            a = amounts[i]
+            if h == NOTHING or b - h >= n:
+                ring[:] = 0
+                h = b
+                ring[b % n] = a
+                total = a
+            elif b > h:
+                for j in range(h + 1, b + 1):
+                    total -= ring[j % n]
+                    ring[j % n] = 0
+                h = b
+                ring[b % n] = a
+                total += a
+            elif b > h - n:
+                ring[b % n] += a
+                total += a
+            out[i] = total
+        elif h == NOTHING or b - h >= n:
+            out[i] = 0
+        elif b > h:
+            value = total
+            for j in range(h + 1, b + 1):
+                value -= ring[j % n]
+            out[i] = value
+        else:
+            out[i] = total
+    return out
+
+
+@njit(cache=True)
+def replay_distinct_runs(
+    times: np.ndarray,
+    entities: np.ndarray,
+    pairs: np.ndarray,
+    updates: np.ndarray,
+    granularity: int,
+    buckets: int,
+    n_pairs: int,
+) -> np.ndarray:
+    """`replay_distinct` for steps grouped by entity (see above)."""
+    n = buckets
+    ring = np.zeros(n, dtype=np.int64)
+    last = np.full(n_pairs, NOTHING, dtype=np.int64)
+    out = np.zeros(times.shape[0], dtype=np.int64)
+    current = -1
+    h = NOTHING
+    total = 0
+    for i in range(times.shape[0]):
+        if entities[i] != current:
+            current = entities[i]
+            h = NOTHING
+            total = 0
+        t = times[i]
+        b = t // granularity
+        if updates[i] != 0:
+            if h == NOTHING or b - h >= n:
+                ring[:] = 0
+                total = 0
+                h = b
+            elif b > h:
+                for j in range(h + 1, b + 1):
+                    total -= ring[j % n]
+                    ring[j % n] = 0
+                h = b
+            p = pairs[i]
+            old = last[p]
+            if old == NOTHING or old < t:
+                if old != NOTHING:
+                    ob = old // granularity
+                    if h - n < ob <= h:
+                        ring[ob % n] -= 1
+                        total -= 1
+                if h - n < b <= h:
+                    ring[b % n] += 1
+                    total += 1
+                last[p] = t
+            out[i] = total
+        elif h == NOTHING or b - h >= n:
+            out[i] = 0
+        elif b > h:
+            value = total
+            for j in range(h + 1, b + 1):
+                value -= ring[j % n]
+            out[i] = value
+        else:
+            out[i] = total
+    return out

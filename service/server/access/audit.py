@@ -5,7 +5,9 @@ service log (logger `riskgate.audit`): when it happened, the principal (the
 policy's name for the credentials) and the identity they showed
 (`cert:<SAN or CN>`, `token:<name>`, `local:<user or peer>`), the action
 (`lists.add`, `lists.remove`, `lists.import`, `rules.reload`,
-`policy.reload`, `tokens.reload`, and any admin RPC refused: `denied`), the
+`rules.breaker.rearm`, `policy.reload`, `tokens.reload`, and any admin RPC
+refused: `denied`; a rule demoted by its breaker is `rules.breaker.trip`,
+under the principal `riskgate`, identity `breaker:<replica>`), the
 list, the value only as its keyed hash, the reason, the caller's free-text
 note (the `added_by` / `removed_by` it sent), and the result.
 

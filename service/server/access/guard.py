@@ -54,8 +54,8 @@ _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 # Refusals audited: the admin RPCs (an outlet probing the lists is worth a line as much as one
-# trying to change them).
-_AUDITED_PERMISSIONS = frozenset({"lists.read", "lists.write", "rules.admin"})
+# trying to change them) and dispositions (labels a rule's precision is measured by).
+_AUDITED_PERMISSIONS = frozenset({"lists.read", "lists.write", "rules.admin", "dispositions.write"})
 _LOCAL_PEERS = ("unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D")
 
 

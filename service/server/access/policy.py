@@ -40,7 +40,8 @@ PERMISSIONS: Mapping[str, str] = {
     "lists.read": "Watchlists/CheckEntry and DescribeLists",
     "lists.write": "Watchlists/AddEntry and RemoveEntry (and bulk imports through the API)",
     "rules.admin": "Rules/ReloadRules",
-    "decisions.read": "reading the decision log and the audit trail through the API",
+    "decisions.read": "reading the decision log and the audit trail through the API (Dispositions/Get)",
+    "dispositions.write": "Dispositions/Report: what happened after a decision",
 }
 
 # The permission every RPC needs. An RPC missing here is refused to everyone (fail closed).
@@ -52,6 +53,10 @@ METHOD_PERMISSIONS: Mapping[str, str] = {
     "/riskgate.v1.Watchlists/AddEntry": "lists.write",
     "/riskgate.v1.Watchlists/RemoveEntry": "lists.write",
     "/riskgate.v1.Rules/ReloadRules": "rules.admin",
+    "/riskgate.v1.Rules/ListBreakers": "rules.admin",
+    "/riskgate.v1.Rules/RearmBreaker": "rules.admin",
+    "/riskgate.v1.Dispositions/Report": "dispositions.write",
+    "/riskgate.v1.Dispositions/Get": "decisions.read",
 }
 # Open to every caller: load balancers and orchestrators probe health without credentials.
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})

@@ -174,3 +174,33 @@ def test_replay_idle_matches_twin_and_semantics(seed: int) -> None:
         else:
             expected = silence[e] // 86400
         assert got[i] == expected, i
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("granularity", "buckets"), [(10, 6), (60, 30), (86400, 30)])
+def test_the_replays_by_entity_give_every_step_the_same_value(seed: int, granularity: int, buckets: int) -> None:
+    """replay_windowed_runs / replay_distinct_runs on the steps grouped by entity (a stable sort)
+    equal replay_windowed / replay_distinct on the steps in replay order, and their twins agree."""
+    rng = _rng(seed)
+    count, entities, members = 800, 12, 9
+    times = (T0 + np.cumsum(rng.integers(0, granularity * 3, count)) - rng.integers(0, granularity * 4, count)).astype(
+        np.int64
+    )
+    ents = rng.integers(0, entities, count).astype(np.int64)
+    amounts = rng.integers(1, 1000, count).astype(np.int64)
+    updates = (rng.random(count) < 0.7).astype(np.int64)
+    pairs = (ents * members + rng.integers(0, members, count)).astype(np.int64)
+    order = np.argsort(ents, kind="stable")
+    windowed = kn.replay_windowed(times, ents, amounts, updates, granularity, buckets, entities)
+    distinct = kn.replay_distinct(times, ents, pairs, updates, granularity, buckets, entities, entities * members)
+    for windowed_kernel in (kn.replay_windowed_runs, kn.replay_windowed_runs.py_func):
+        grouped = np.empty(count, dtype=np.int64)
+        steps = (times[order], ents[order], amounts[order], updates[order])
+        grouped[order] = windowed_kernel(*steps, granularity, buckets)
+        assert np.array_equal(grouped, windowed)
+    for distinct_kernel in (kn.replay_distinct_runs, kn.replay_distinct_runs.py_func):
+        grouped = np.empty(count, dtype=np.int64)
+        grouped[order] = distinct_kernel(
+            times[order], ents[order], pairs[order], updates[order], granularity, buckets, entities * members
+        )
+        assert np.array_equal(grouped, distinct)

@@ -12,10 +12,17 @@ from tests.unit.rules.conftest import COUNTERS, FIXTURE_ROOT, FIXTURES, LISTS
 # The too_many_values fixture reads 220 counters.
 WIDE_COUNTERS = counters_from_names(f"v{i:03d}" for i in range(1, 221))
 
+_SHARE = (
+    "breaker.max_block_share must be a percentage above 0% and at most 100%, with at most 4 decimals "
+    "(e.g. 2% or 0.5%), got "
+)
+_WINDOW = "breaker.window must be a length of time from 1m to 24h (e.g. 10m), got "
+_MIN_EVENTS = "breaker.min_events must be a whole number from 1 to 10000000, got "
+
 EXPECTED: dict[str, list[str]] = {
     "unknown_key": [
         "bad.rules.yaml:6: unknown key 'severity' in rule 'K05_many_banks' "
-        "(allowed: id, on, when, outcome, reason, mode, priority, description, owner, enabled, basis, appeal)",
+        "(allowed: id, on, when, outcome, reason, mode, priority, description, owner, enabled, basis, appeal, breaker)",
     ],
     "unknown_field": [
         "bad.rules.yaml:4: unknown field 'applicant.agee', did you mean 'applicant.age'?",
@@ -82,6 +89,24 @@ EXPECTED: dict[str, list[str]] = {
         "bad.rules.yaml:4: unknown list 'fraud_acounts', did you mean 'fraud_accounts'?",
         "bad.rules.yaml:4: unknown list 'mules' (declared lists: allowlist, device_blocklist, fraud_accounts, "
         "high_risk_regions, police_warned, punished_persons, vulnerable_persons)",
+    ],
+    "breaker_values": [
+        f"bad.rules.yaml:4: {_SHARE}'0%'",
+        f"bad.rules.yaml:4: {_WINDOW}'30s'",
+        f"bad.rules.yaml:4: {_MIN_EVENTS}0",
+        "bad.rules.yaml:13: unknown key 'per' in breaker (allowed: max_block_share, window, min_events)",
+        f"bad.rules.yaml:13: {_SHARE}0.02",
+        f"bad.rules.yaml:13: {_WINDOW}'25h'",
+        f"bad.rules.yaml:21: {_SHARE}'150%'",
+        "bad.rules.yaml:21: breaker has no 'window'",
+        f"bad.rules.yaml:21: {_MIN_EVENTS}'yes'",
+        f"bad.rules.yaml:29: {_SHARE}'2.12345%'",
+        f"bad.rules.yaml:29: {_WINDOW}600",
+        f"bad.rules.yaml:29: {_MIN_EVENTS}10000001",
+        "bad.rules.yaml:37: rule 'T18_new_payee_account' warns: 'breaker' is only for block rules "
+        "(it counts the rule's blocks)",
+        "bad.rules.yaml:45: 'breaker' must be {{max_block_share: 2%, window: 10m, min_events: 200}}, "
+        "or off (no breaker for this rule), got 'on'",
     ],
     "many_errors": [
         "bad.rules.yaml:3: rule id 'K-05' may only use letters, digits and '_'",

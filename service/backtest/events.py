@@ -170,17 +170,27 @@ class Events:
 
     @cached_property
     def _fact_lists(self) -> dict[EventKind, list[tuple[str, list[Any], list[bool]]]]:
-        """Per kind, its facts' columns as Python lists (a list item costs nothing to read)."""
+        """Per kind, its facts' columns as Python lists, for evaluating event by event (durable_rules)."""
         out: dict[EventKind, list[tuple[str, list[Any], list[bool]]]] = {}
         for kind in KINDS:
             names = [n for n in self.facts if kind in FIELDS[n].kinds]
             out[kind] = [(n, self.facts[n].values.tolist(), self.facts[n].present.tolist()) for n in names]
         return out
 
-    def facts_of(self, index: int) -> dict[str, Scalar]:
-        """One event's facts as the rules were given them (person.* included)."""
+    def fact_row(self, index: int) -> dict[str, Scalar]:
+        """`facts_of` for evaluating every event in turn: the columns are made lists once."""
         columns = self._fact_lists[KINDS[self.kind[index]]]
         return {name: values[index] for name, values, present in columns if present[index]}
+
+    def facts_of(self, index: int) -> dict[str, Scalar]:
+        """One event's facts as the rules were given them (person.* included)."""
+        kind = KINDS[self.kind[index]]
+        out: dict[str, Scalar] = {}
+        for name, column in self.facts.items():
+            if kind in FIELDS[name].kinds and column.present[index]:
+                value = column.values[index]
+                out[name] = value.item() if isinstance(value, np.generic) else value
+        return out
 
     def ids_of(self, index: int) -> dict[str, str]:
         """One event's identifier hashes (and region hashes) by field."""

@@ -36,6 +36,7 @@ Where the replay differs from the online values, it says so: a distinct() counte
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from service.domain import EventKind
 from service.pipeline.facts import Scalar
 from service.riskdata.counters import kernels
 from service.riskdata.counters.model import Aggregate, Counter, CounterSpec, Filter, Predicate
+from service.rules.model import FieldRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,14 +118,44 @@ class _Row(Mapping[str, Scalar]):
         return sum(1 for _ in self)
 
 
+def _fields_read(node: object) -> set[str]:
+    """The fact names a condition reads (every FieldRef in its tree)."""
+    if isinstance(node, FieldRef):
+        return {node.name}
+    if isinstance(node, tuple):
+        return set().union(*(_fields_read(item) for item in node)) if node else set()
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return set().union(*(_fields_read(getattr(node, f.name)) for f in dataclasses.fields(node)))
+    return set()
+
+
 def _where_mask(condition: Filter, where: Predicate, events: Events, rows: np.ndarray) -> np.ndarray:
-    """Whether `condition` holds for each of the events `rows`."""
+    """Whether `condition` holds for each of the events `rows`: asked of `where` (the rules layer's
+    closures, the online semantics) once per distinct combination of the facts it reads."""
     row = _Row(events.facts)
-    out = np.zeros(len(rows), dtype=bool)
-    for position, index in enumerate(rows.tolist()):
-        row.index = index
-        out[position] = where(condition, row)
-    return out
+    conditions = getattr(where, "conditions", None)
+    names = sorted(_fields_read(conditions[condition])) if conditions and condition in conditions else None
+    if names is None or not all(name in events.facts for name in names):
+        out = np.zeros(len(rows), dtype=bool)
+        for position, index in enumerate(rows.tolist()):
+            row.index = index
+            out[position] = where(condition, row)
+        return out
+    codes = []
+    for name in names:
+        column = events.facts[name]
+        values = column.values[rows]
+        code = _codes(values) if values.dtype == object else np.unique(values, return_inverse=True)[1].reshape(-1)
+        codes.append(np.where(column.present[rows], code, -1).astype(np.int64))
+    if not codes:
+        codes = [np.zeros(len(rows), dtype=np.int64)]
+    combination, count = _dense(codes)
+    _, first = np.unique(combination, return_index=True)
+    answers = np.zeros(count, dtype=bool)
+    for number, position in enumerate(first.tolist()):
+        row.index = int(rows[position])
+        answers[number] = where(condition, row)
+    return np.asarray(answers[combination], dtype=bool)
 
 
 def _given(column: Column) -> np.ndarray:
@@ -143,7 +175,8 @@ def _codes(values: np.ndarray) -> np.ndarray:
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         array = pa.array([str(v) for v in values], type=pa.string())
     encoded = array.dictionary_encode()
-    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+    indices = encoded.indices.fill_null(-1)  # an absent value (None): a code of its own
+    return np.asarray(indices.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
 def _dense(columns: list[np.ndarray]) -> tuple[np.ndarray, int]:
@@ -192,6 +225,10 @@ class Replayed:
 
     def values_of(self, index: int) -> dict[str, int]:
         """One event's counter values, as the online store returns them."""
+        return {name: int(c.values[index]) for name, c in self.columns.items() if c.present[index]}
+
+    def value_row(self, index: int) -> dict[str, int]:
+        """`values_of` for reading every event in turn: the columns are made lists once."""
         return {name: values[index] for name, values, present in self._lists if present[index]}
 
     @cached_property

@@ -292,7 +292,7 @@ def _verdict(
 ) -> Verdict:
     kind = KINDS[events.kind[index]]
     degraded = bool(events.degraded[index])
-    facts = events.facts_of(index)
+    facts = events.fact_row(index)
     rates = ruleset.active.rates
     currency = facts.get("transfer.currency")
     if isinstance(currency, str) and currency != CNY and "transfer.original_amount_fen" in facts:
@@ -310,7 +310,7 @@ def _verdict(
             if check not in observed:
                 unobserved[f"{name}:{field_name}"] += 1
             hits[check] = f"{name}:{field_name}" in recorded
-    fired = ruleset.active.ruleset.fired(facts, {} if degraded else values.values_of(index), hits)
+    fired = ruleset.active.ruleset.fired(facts, {} if degraded else values.value_row(index), hits)
     return _verdict_of(ruleset.active.ruleset.rules, fired, events.demoted[index], degraded, fail_outcome)
 
 

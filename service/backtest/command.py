@@ -185,7 +185,8 @@ def run_backtest(
         base_replay = CounterReplay(baseline.active.counter_spec, baseline.active.where, events)
         prepared = time.perf_counter()
         base = evaluate(baseline, events, history.selected, fail_outcome=fail_outcome, replay=base_replay)
-        same_counters = baseline.counters_text == candidate.counters_text
+        other_rates = baseline.rates_text != candidate.rates_text
+        same_counters = baseline.counters_text == candidate.counters_text and not other_rates
         cand = evaluate(
             candidate,
             events,
@@ -193,6 +194,7 @@ def run_backtest(
             fail_outcome=fail_outcome,
             observed_checks=baseline.active.ruleset.list_checks,
             replay=base_replay if same_counters else None,
+            reconvert=other_rates,
         )
         evaluated = time.perf_counter()
         report = compare(history, baseline, base, candidate, cand, labels)

@@ -53,6 +53,8 @@ from service.riskdata.counters import kernels
 from service.riskdata.counters.model import Aggregate, Counter, CounterSpec, Filter, Predicate
 from service.rules.model import FieldRef
 
+_ALL_TIME_BUCKET = 1 << 40  # seconds: every time since 1970 (and for 30,000 years) in bucket 0
+
 
 @dataclass(frozen=True, slots=True)
 class _Reading:
@@ -129,13 +131,13 @@ def _fields_read(node: object) -> set[str]:
     return set()
 
 
-def _where_mask(condition: Filter, where: Predicate, events: Events, rows: np.ndarray) -> np.ndarray:
+def _where_mask(condition: Filter, where: Predicate, facts: Mapping[str, Column], rows: np.ndarray) -> np.ndarray:
     """Whether `condition` holds for each of the events `rows`: asked of `where` (the rules layer's
     closures, the online semantics) once per distinct combination of the facts it reads."""
-    row = _Row(events.facts)
+    row = _Row(facts)
     conditions = getattr(where, "conditions", None)
     names = sorted(_fields_read(conditions[condition])) if conditions and condition in conditions else None
-    if names is None or not all(name in events.facts for name in names):
+    if names is None or not all(name in facts for name in names):
         out = np.zeros(len(rows), dtype=bool)
         for position, index in enumerate(rows.tolist()):
             row.index = index
@@ -143,7 +145,7 @@ def _where_mask(condition: Filter, where: Predicate, events: Events, rows: np.nd
         return out
     codes = []
     for name in names:
-        column = events.facts[name]
+        column = facts[name]
         values = column.values[rows]
         code = _codes(values) if values.dtype == object else np.unique(values, return_inverse=True)[1].reshape(-1)
         codes.append(np.where(column.present[rows], code, -1).astype(np.int64))
@@ -239,9 +241,14 @@ class Replayed:
 class CounterReplay:
     """A counter file's state machine over a fixed history, replayable with different blocks."""
 
-    def __init__(self, spec: CounterSpec, where: Predicate, events: Events) -> None:
+    def __init__(
+        self, spec: CounterSpec, where: Predicate, events: Events, facts: Mapping[str, Column] | None = None
+    ) -> None:
+        """`facts`: the events' facts as these rules see them (`events.facts`, or with amounts in
+        another currency converted at other rates)."""
         self.spec = spec
         self.events = events
+        self.facts = dict(facts) if facts is not None else events.facts
         readings = [r for kind in KINDS for r in _readings(spec, kind)]
         self._steps = {c.name: self._build(c, [r for r in readings if r.counter is c], where) for c in spec.counters}
 
@@ -264,12 +271,12 @@ class CounterReplay:
                 updating = events.counted[rows].copy()
                 condition = counter.where_for(reading.kind)
                 if condition is not None and updating.any():
-                    updating[updating] = _where_mask(condition, where, events, rows[updating])
+                    updating[updating] = _where_mask(condition, where, self.facts, rows[updating])
                 if reading.sign < 0:
                     amount[:] = 1
                 elif counter.aggregate is Aggregate.SUM:
                     assert counter.field is not None
-                    column = events.facts[counter.field]
+                    column = self.facts[counter.field]
                     amount = np.where(column.present[rows], np.maximum(column.values[rows], 0), 0).astype(np.int64)
                     updating &= amount > 0  # adding 0 is a read
                 elif counter.aggregate is Aggregate.DISTINCT:
@@ -374,7 +381,9 @@ class CounterReplay:
         if counter.aggregate is Aggregate.DISTINCT or seconds:
             # Grouped by entity: one ring of buckets, not one per entity (kernels, "by entity").
             order = steps.by_entity
-            buckets = seconds // granularity
+            if not seconds:  # distinct over `all`: one bucket holding every time there is
+                granularity = _ALL_TIME_BUCKET
+            buckets = max(1, seconds // granularity)
             if counter.aggregate is Aggregate.DISTINCT:
                 grouped = kernels.replay_distinct_runs(
                     times[order], entities[order], steps.pair[order], updates[order], granularity, buckets, steps.pairs
@@ -388,7 +397,8 @@ class CounterReplay:
             return out
         # All-time: a blocked event's retractable increment is taken back right after it.
         if blocked is not None:
-            undo = steps.retract & blocked[steps.event]
+            # Online, only a decision that read its counters takes them back (a degraded one cannot).
+            undo = steps.retract & blocked[steps.event] & ~self.events.degraded[steps.event]
             if undo.any():
                 return _all_time_with_undo(entities, amounts, updates, undo, n)
         return np.asarray(kernels.replay_all_time(entities, amounts, updates, n))

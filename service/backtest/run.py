@@ -92,6 +92,8 @@ class Ruleset:
         self.rules = self.active.ruleset.rules
         counters = Path(directory) / "counters.yaml"
         self.counters_text = counters.read_bytes() if counters.exists() else b""
+        rates = Path(directory) / "rates.yaml"
+        self.rates_text = rates.read_bytes() if rates.exists() else b""
         self.vector: VectorRuleset | None = None
         self.engine_note = ""
         if engine is Engine.VECTOR:
@@ -121,13 +123,18 @@ def evaluate(
     fail_outcome: Outcome,
     observed_checks: frozenset[tuple[str, str]] | None = None,
     replay: CounterReplay | None = None,
+    reconvert: bool = False,
 ) -> Outcomes:
     """`ruleset`'s verdicts for the events `selected` (indices into `events`), its counters
     recomputed from all of `events` with its own blocks. `observed_checks`: the list checks the
-    log has hits for (default: the ruleset's own); `replay`: one made for the same counter file."""
+    log has hits for (default: the ruleset's own); `replay`: one made for the same counter file
+    and facts; `reconvert`: amounts in other currencies converted again at `ruleset`'s rates (a
+    candidate with other rates than the baseline; else the recorded CNY amounts), for its rules
+    and its counters alike."""
     active = ruleset.active
+    facts = _facts_at_rates(ruleset, events) if reconvert else events.facts
     if replay is None:
-        replay = CounterReplay(active.counter_spec, active.where, events)
+        replay = CounterReplay(active.counter_spec, active.where, events, facts)
     retracting = replay.retracting()
     blocked = events.outcome == int(Outcome.BLOCK)
     unobserved: Tally[str] = Tally()
@@ -135,7 +142,6 @@ def evaluate(
     observed = observed_checks if observed_checks is not None else active.ruleset.list_checks
     verdicts: dict[int, Verdict] = {}
     values = replay.run(blocked)
-    facts = _facts_at_rates(ruleset, events)
     todo = [int(i) for i in selected]
     rounds = 0
     while True:
@@ -149,7 +155,7 @@ def evaluate(
             verdicts.update(zip(selected.tolist(), found, strict=True))
         else:
             for index in todo:
-                verdicts[index] = _verdict(ruleset, events, index, values, checks, observed, fail_outcome, tally)
+                verdicts[index] = _verdict(ruleset, events, index, values, checks, observed, fail_outcome, tally, facts)
         if rounds >= _MAX_ROUNDS or not retracting.any():
             break
         now_blocked = blocked.copy()
@@ -289,17 +295,14 @@ def _verdict(
     observed: frozenset[tuple[str, str]],
     fail_outcome: Outcome,
     unobserved: Tally[str],
+    facts_in_use: Mapping[str, Column],
 ) -> Verdict:
     kind = KINDS[events.kind[index]]
     degraded = bool(events.degraded[index])
     facts = events.fact_row(index)
-    rates = ruleset.active.rates
-    currency = facts.get("transfer.currency")
-    if isinstance(currency, str) and currency != CNY and "transfer.original_amount_fen" in facts:
-        original = facts["transfer.original_amount_fen"]
-        if isinstance(original, int):
-            with contextlib.suppress(ValidationError):  # no rate for it in these rules: as recorded
-                facts["transfer.amount_fen"] = rates.cny_fen(original, currency)
+    converted = facts_in_use.get("transfer.amount_fen")
+    if converted is not None and converted is not events.facts.get("transfer.amount_fen") and converted.present[index]:
+        facts["transfer.amount_fen"] = int(converted.values[index])  # at these rules' rates
     hits: dict[tuple[str, str], bool] = {}
     if not degraded:
         recorded = events.list_hits[index]

@@ -60,14 +60,23 @@ DISPOSITIONS_STREAM: Final = "dispositions"
 # ARGV[1] the decision's field, ARGV[2] n, ARGV[3] the record's mark ('"k":"<hex>"'), ARGV[4] the
 # record (a JSON object), ARGV[5] the stream's MINID (unix ms), then the stream entry's fields.
 # Returns {0} when the index holds no such decision; {1, request_id, dispositions} when the
-# record was appended; {2, request_id, dispositions} when they held it already.
+# record was appended; {2, request_id, dispositions} when the latest record is this one already.
 _REPORT: Final = """
 local n = tonumber(ARGV[2])
 for day = 1, n do
   local request_id = redis.call('HGET', KEYS[day], ARGV[1])
   if request_id then
     local held = redis.call('HGET', KEYS[n + day], ARGV[1])
-    if held and string.find(held, ARGV[3], 1, true) then return {2, request_id, held} end
+    if held then
+      -- A retry of the latest report only: the same disposition again after another one is news.
+      local last, at = nil, 1
+      while true do
+        local found = string.find(held, '"k":"', at, true)
+        if not found then break end
+        last, at = found, found + 1
+      end
+      if last and string.sub(held, last, last + #ARGV[3] - 1) == ARGV[3] then return {2, request_id, held} end
+    end
     if held then held = string.sub(held, 1, -2) .. ',' .. ARGV[4] .. ']' else held = '[' .. ARGV[4] .. ']' end
     redis.call('HSET', KEYS[n + day], ARGV[1], held)
     local ttl = redis.call('PTTL', KEYS[day])
@@ -252,11 +261,8 @@ class DispositionStore:
             raise UnknownDecision(self._unknown())
         request_id = _reply_text(reply[1])
         history = decode_history(_reply_text(reply[2]), decision_id, request_id)
-        if int(reply[0]) == 2:
-            wanted = mark(disposition, note)
-            for earlier in history:
-                if mark(earlier.disposition, earlier.note) == wanted:
-                    return replace(earlier, already_recorded=True)
+        if int(reply[0]) == 2 and history:
+            return replace(history[-1], already_recorded=True)  # the latest record is the one retried
         return replace(record, request_id=request_id)
 
     async def history(self, decision_id: str, *, deadline: float | None = None) -> tuple[str, list[DispositionRecord]]:

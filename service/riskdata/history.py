@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from service.domain import EventKind, Outcome
 from service.errors import InvalidValue
 from service.pipeline.facts import FIELDS, FieldType
 from service.riskdata.records import LAYOUTS
@@ -75,6 +76,8 @@ _TIME_COLUMNS = ("decided_at", "occurred_at")
 _LIST_COLUMNS = ("rules", "demoted", "list_hits")
 _BOOL_COLUMNS = ("degraded", "late")
 _REQUIRED = ("decision_id", "decided_at", "occurred_at", "kind", "outcome")
+_KINDS = frozenset(kind.value for kind in EventKind)
+_OUTCOMES = frozenset(outcome.label for outcome in Outcome)
 PARTITION = "day="
 SUFFIX = ".parquet"
 
@@ -197,7 +200,9 @@ def read_history(
 
 def _stream_parts(ids: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     """A stream id's two numbers ('1700000000000-3' -> 1700000000000, 3); 0 for what is not one."""
-    parts = pc.split_pattern(ids.combine_chunks(), "-", max_splits=1)
+    text = ids.combine_chunks()
+    text = pc.if_else(pc.match_substring(text, "-"), text, pc.binary_join_element_wise(text, "-0", ""))
+    parts = pc.split_pattern(text, "-", max_splits=1)
     first = pc.list_element(parts, 0)
     second = pc.if_else(pc.greater(pc.list_value_length(parts), 1), pc.list_element(parts, 1), "0")
     numbers = []
@@ -236,9 +241,14 @@ def _read_jsonl(file: Path) -> list[dict[str, Any]]:
                 for name in _REQUIRED:
                     if name not in document:
                         raise ValueError(f"no {name!r}")
+                if document["kind"] not in _KINDS:
+                    raise ValueError(f"unknown kind {document['kind']!r}")
+                if document["outcome"] not in _OUTCOMES:
+                    raise ValueError(f"unknown outcome {document['outcome']!r}")
+                to_table([document])  # every field of the right type
                 _time(str(document["decided_at"]))
                 _time(str(document["occurred_at"]))
-            except ValueError as error:
+            except (ValueError, TypeError, pa.ArrowException) as error:
                 raise InvalidValue(f"{file}:{number}: not a logged decision ({error})") from None
             out.append(document)
     return out

@@ -29,8 +29,8 @@
   hash of its field names): names would triple their size. `entry_document`
   gives them back by name; a layout this code does not know (an entry
   written by a riskgate with another field catalogue) leaves them empty and
-  says so in `layout_known`. They cost about 450 bytes of a transfer's
-  ~1.2 KB entry (README, "Backtests").
+  says so in `layout_known`. With them a transfer's entry takes ~1.3 KB of
+  Redis memory instead of ~0.76 KB (README, "Backtests").
 """
 
 from __future__ import annotations

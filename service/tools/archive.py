@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -46,6 +47,7 @@ from service.settings import Settings
 from service.tools.admin import run_tail
 
 CHECKPOINT = "_archive.json"
+LOCK = "_archive.lock"
 _TMP = ".tmp"
 
 
@@ -67,8 +69,20 @@ class Archive:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.checkpoint = self._read_checkpoint()
-        self.removed = self._clean()
+        # One drain per directory: two would both read after the same checkpoint (a cron run
+        # overlapping a slow one) and write the same entries twice. Held until the process ends.
+        self._lock = (root / LOCK).open("a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ValueError(f"{root}: another drain is archiving into this directory") from None
+        try:
+            self.checkpoint = self._read_checkpoint()
+            self.removed = self._clean()
+        except BaseException:
+            self.close()
+            raise
 
     def _read_checkpoint(self) -> Checkpoint:
         path = self.root / CHECKPOINT
@@ -104,6 +118,15 @@ class Archive:
                 file.unlink()
                 removed += 1
         return removed
+
+    def close(self) -> None:
+        self._lock.close()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def commit(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
         """Archive a batch of (stream id, log document), oldest first; the files written."""
@@ -247,11 +270,12 @@ def _decisions_archive(args: argparse.Namespace) -> int:
                 )
             )
 
-    if args.follow:
-        run_tail(run)  # Ctrl-C ends the drain; a batch being written is committed first
-    else:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(run(asyncio.Event()))
+    with archive:
+        if args.follow:
+            run_tail(run)  # Ctrl-C ends the drain; a batch being written is committed first
+        else:
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(run(asyncio.Event()))
     checkpoint = archive.checkpoint
     report = result[0] if result else DrainReport()
     print(

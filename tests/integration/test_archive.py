@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -16,7 +17,7 @@ from service.pipeline.validate import screen_request
 from service.redis.keys import KeyHasher
 from service.riskdata.history import read_history
 from service.riskdata.records import history_ids, log_entry
-from service.tools.archive import Archive, drain
+from service.tools.archive import Archive, DrainReport, drain
 from tests import samples
 
 pytestmark = pytest.mark.integration
@@ -52,27 +53,32 @@ async def _log(client: Redis, count: int, first: int = 0, maxlen: int | None = N
         await client.xadd(KEY, fields, maxlen=maxlen, approximate=False)  # type: ignore[arg-type]
 
 
+async def _drain(client: Redis, root: Path, **options: Any) -> DrainReport:
+    with Archive(root) as archive:
+        return await drain(client, KEY, archive, **options)
+
+
 def _archived(root: Path) -> list[str]:
     return [d["decision_id"] for d in read_history(root)]
 
 
 async def test_each_entry_is_archived_once_across_drains(client: Redis, tmp_path: Path) -> None:
     await _log(client, 25)
-    report = await drain(client, KEY, Archive(tmp_path), batch=10)
+    report = await _drain(client, tmp_path, batch=10)
     assert (report.entries, report.files, report.lost) == (25, 3, 0)
-    again = await drain(client, KEY, Archive(tmp_path), batch=10)
+    again = await _drain(client, tmp_path, batch=10)
     assert again.entries == 0
     await _log(client, 5, first=25)
-    await drain(client, KEY, Archive(tmp_path), batch=10)
+    await _drain(client, tmp_path, batch=10)
     assert _archived(tmp_path) == [f"d-{i}" for i in range(30)]
 
 
 async def test_entries_trimmed_before_the_drain_are_counted(client: Redis, tmp_path: Path) -> None:
     await _log(client, 5)
-    await drain(client, KEY, Archive(tmp_path))
+    await _drain(client, tmp_path)
     await _log(client, 20, first=5, maxlen=8)  # 12 of them trimmed unread
-    archive = Archive(tmp_path)
-    report = await drain(client, KEY, archive)
+    with Archive(tmp_path) as archive:
+        report = await drain(client, KEY, archive)
     assert report.lost == 12
     assert report.entries == 8
     assert archive.checkpoint.entries == 13
@@ -80,9 +86,7 @@ async def test_entries_trimmed_before_the_drain_are_counted(client: Redis, tmp_p
 
 async def test_following_drain_commits_what_arrived_when_stopped(client: Redis, tmp_path: Path) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(
-        drain(client, KEY, Archive(tmp_path), follow=True, batch=1000, flush_seconds=60, stop=stop)
-    )
+    task = asyncio.create_task(_drain(client, tmp_path, follow=True, batch=1000, flush_seconds=60, stop=stop))
     await _log(client, 7)
     await asyncio.sleep(1.5)  # one blocking read returns them
     stop.set()

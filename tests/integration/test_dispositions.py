@@ -121,14 +121,18 @@ async def test_a_report_is_recorded_once_and_later_ones_make_a_history(client: a
     assert again.already_recorded and again.reported_at == first.reported_at
     upheld = await _report(store, entry, Disposition.APPEAL_UPHELD, "notice 118")
     assert not upheld.already_recorded
+    # The first one again, after another: news (a second appeal), not a retry.
+    refiled = await _report(store, entry, Disposition.APPEAL_FILED, "desk 3")
+    assert not refiled.already_recorded
     _, history = await store.history(entry.decision_id)
     assert [(r.disposition, r.note) for r in history] == [
         (Disposition.APPEAL_FILED, "desk 3"),
         (Disposition.APPEAL_UPHELD, "notice 118"),
+        (Disposition.APPEAL_FILED, "desk 3"),
     ]
     assert history[0] == first
     exported: Any = await client.xrange(store.stream_key)
-    assert [fields[b"disposition"] for _, fields in exported] == [b"appeal_filed", b"appeal_upheld"]
+    assert [fields[b"disposition"] for _, fields in exported] == [b"appeal_filed", b"appeal_upheld", b"appeal_filed"]
     assert exported[0][1][b"request_id"] == f"TX-{entry.decision_id[:8]}".encode()
     index = log.index_key(entry.decided_ms)
     dispositions = index.replace(":i:", ":d:")

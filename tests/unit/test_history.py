@@ -149,6 +149,7 @@ def _batch(start: int, count: int, decided_at: datetime) -> list[tuple[str, dict
 
 def test_a_batch_across_midnight_is_one_file_per_day_and_one_commit(tmp_path: Path) -> None:
     archive = Archive(tmp_path)
+    archive.close()  # committing needs no lock; the drain holds one
     midnight = NOW.replace(hour=0, minute=0, second=0)
     batch = _batch(1, 3, midnight - timedelta(seconds=1)) + _batch(4, 2, midnight)
     assert archive.commit(batch) == 2
@@ -166,8 +167,11 @@ def test_files_a_cut_drain_never_committed_are_removed_and_rewritten_once(tmp_pa
     day = next(tmp_path.glob("day=*"))
     write_parquet([d for _, d in _batch(3, 2, NOW)], day / "part-3-0_4-0.parquet")
     (day / "part-5-0_6-0.parquet.tmp").write_bytes(b"half")
-    again = Archive(tmp_path)
-    assert again.removed == 2
+    with pytest.raises(ValueError, match="another drain is archiving into this directory"):
+        Archive(tmp_path)  # while the first one holds it
+    archive.close()
+    with Archive(tmp_path) as again:
+        assert again.removed == 2
     assert again.checkpoint.last_id == "2-0"
     again.commit(_batch(3, 2, NOW))
     assert [d["decision_id"] for d in read_history(tmp_path)] == ["d1", "d2", "d3", "d4"]
@@ -182,3 +186,20 @@ def test_a_damaged_checkpoint_is_refused(tmp_path: Path) -> None:
 def test_to_table_refuses_nothing_it_can_write() -> None:
     fields, _ = _entry(samples.card_opening("r-1"))
     assert to_table([entry_document("1-0", fields)]).num_rows == 1
+
+
+def test_a_history_names_the_line_of_a_bad_decision(tmp_path: Path) -> None:
+    fields, _ = _entry(samples.transfer("r-1"))
+    document = entry_document("1-0", fields)
+    path = tmp_path / "history.jsonl"
+    for bad in ({"kind": "loan"}, {"outcome": "maybe"}, {"facts": {"transfer.amount_fen": "lots"}}):
+        path.write_text(json.dumps(document) + "\n" + json.dumps({**document, **bad}) + "\n")
+        with pytest.raises(InvalidValue, match=r"history.jsonl:2: not a logged decision"):
+            read_history(path)
+
+
+def test_a_stream_id_without_a_sequence_is_read(tmp_path: Path) -> None:
+    fields, _ = _entry(samples.transfer("r-1"))
+    path = tmp_path / "history.jsonl"
+    path.write_text(json.dumps(entry_document("1700000000000", fields)) + "\n")
+    assert [d["stream_id"] for d in read_history(path)] == ["1700000000000"]

@@ -144,3 +144,24 @@ def test_an_unreadable_history_or_a_broken_candidate_is_a_usage_error(
     assert "neither a count" in capsys.readouterr().err
     assert main(["backtest", "--candidate", rules, "--baseline", rules, "--history", str(history)]) == 2
     assert "no logged decision to compare (0 read)" in capsys.readouterr().err
+
+
+def test_a_distinct_count_over_all_time_is_replayed(tmp_path: Path) -> None:
+    (tmp_path / "counters.yaml").write_text(
+        "counters:\n"
+        "  - name: payers_ever\n"
+        "    on: transfer\n"
+        "    key: transfer.payee_account\n"
+        "    aggregate: distinct(transfer.payer_account)\n"
+        "    windows: [all]\n"
+    )
+    (tmp_path / "t.rules.yaml").write_text(
+        "revision: t\nrules:\n  - id: T_any\n    on: [transfer]\n    when: payers_ever_all >= 2\n"
+        "    outcome: warn\n    reason: {zh: 测试, en: test}\n"
+    )
+    directory = load_directory(tmp_path)
+    start = int(datetime.now(UTC).timestamp()) - 86400 * 300
+    ids = [{"transfer.payee_account": "P", "transfer.payer_account": payer} for payer in ("A", "B", "A", "C")]
+    events = [Event(start + i * 86400 * 90, EventKind.TRANSFER, {"transfer.amount_fen": 100}, ids[i]) for i in range(4)]
+    replayed = CounterReplay(directory.counter_spec, directory.filters, Events.of(events)).run()
+    assert [replayed.values_of(i)["payers_ever_all"] for i in range(4)] == [1, 2, 2, 3]

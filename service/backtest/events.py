@@ -192,10 +192,6 @@ class Events:
                 out[name] = value.item() if isinstance(value, np.generic) else value
         return out
 
-    def ids_of(self, index: int) -> dict[str, str]:
-        """One event's identifier hashes (and region hashes) by field."""
-        return {name: str(column.values[index]) for name, column in self.hashes.items() if column.present[index]}
-
 
 def _column(name: str, array: pa.Array, *, hashes: bool) -> Column:
     present = array.is_valid().to_numpy(zero_copy_only=False).astype(bool)

@@ -9,14 +9,14 @@ GEN    := service/_gen
 PROTOS := $(wildcard proto/riskgate/v1/*.proto)
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench setup protos redis chromium clean distclean
+.PHONY: run test lint typecheck pytest bench setup protos redis chromium loadgen clean distclean
 
 run: setup
 	$(BIN)/riskgate serve
 
 test: setup lint typecheck pytest
 
-setup: $(STAMP) $(GEN)/.stamp redis chromium
+setup: $(STAMP) $(GEN)/.stamp redis chromium promtool
 
 # The virtual environment, rebuilt when the dependencies change.
 $(STAMP): pyproject.toml
@@ -70,6 +70,36 @@ chromium:
 		echo "no /usr/bin/chromium and no root for apt-get: install Debian's chromium for the browser test"; \
 	fi
 
+# Prometheus' promtool, for the test that checks and unit-tests the alerting rules of deploy/prometheus/
+# (Debian's package prometheus ships it). Without root, the test says what is missing.
+promtool:
+	@if command -v promtool >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing prometheus (for promtool) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	else \
+		echo "no promtool on PATH and no root for apt-get: install Debian's prometheus for the alert-rule tests"; \
+	fi
+
+# The compiled load generator of `make bench` (benchmarks/loadgen_cc/loadgen.cc: grpc::GenericStub, C++17),
+# built from Debian's gRPC C++ packages, installed with apt-get when missing. Without root, it says what
+# is missing (tests/integration/test_loadgen_cc.py then fails saying so; the bench's `compiled` part too).
+LOADGEN := benchmarks/loadgen_cc/build/loadgen
+LOADGEN_PACKAGES := g++ pkg-config libgrpc++-dev libprotobuf-dev
+loadgen: $(LOADGEN)
+$(LOADGEN): benchmarks/loadgen_cc/loadgen.cc
+	@if ! (command -v g++ && pkg-config --exists grpc++) >/dev/null 2>&1 \
+		&& command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing $(LOADGEN_PACKAGES) with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(LOADGEN_PACKAGES) >/dev/null; \
+	fi
+	@if (command -v g++ && pkg-config --exists grpc++) >/dev/null 2>&1; then \
+		mkdir -p $(@D) && echo "g++ -std=c++17 -O2 -o $@ $<" && \
+		g++ -std=c++17 -O2 -Wall -Wextra -o $@ $< $$(pkg-config --cflags --libs grpc++); \
+	else \
+		echo "no g++ or gRPC C++ (pkg-config grpc++) and no root for apt-get: install Debian's $(LOADGEN_PACKAGES)"; \
+	fi
+
 lint: setup
 	$(BIN)/ruff check service tests benchmarks
 	$(BIN)/ruff format --check service tests benchmarks
@@ -83,7 +113,7 @@ pytest: setup
 # Benchmarks (README, "Performance"): about 25 minutes (the soak of a million screenings ~16), loopback only. zen-engine is the peer the
 # rules are measured against, py-spy the profiler of `python -m benchmarks.profile`; neither is a
 # dependency of the service.
-bench: setup
+bench: setup loadgen
 	$(PY) -m pip install --quiet zen-engine py-spy
 	$(PY) -m benchmarks.run
 

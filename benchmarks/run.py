@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,...,mux,backtest] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,...,backtest,console,compiled] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
@@ -24,10 +24,18 @@
 10. backtest (`benchmarks.backtest_bench`): a 20,000-event synth stream screened by the real server and
    archived; the served rules' backtest on it (target: 0 mismatches, decisions and counters); the
    counter replay in the kernels and the whole backtest of a changed threshold on it replicated to
-   1,000,000 events, per core (targets: 1 M and 50 k events/s).
+   1,000,000 events, per core (targets: 1 M and 50 k events/s);
+11. console (`benchmarks.console_bench`): the console's tallies, written in the decision log's
+   script: Redis and Python CPU per decision with and without them, Redis memory, and the
+   console's reads with 1,000,000 decisions logged (~2.5 minutes, `--quick` 30 s);
+12. compiled (`benchmarks.compiled`, the client `make loadgen` builds): unary Screen against the echo
+   server driven by the compiled C++ load generator, interleaved rounds at saturation; the figure
+   to steer by, server CPU per screening ÷ echo server CPU per call (`compiled.server_cpu_ratio`),
+   beside the throughput ratio, what saturated first, p99 at half load and ScreenStream (~3 minutes,
+   `--quick` ~1).
 
-Loopback only; bounded (about 25 minutes on a 2-core machine, of which the soak about 16 at
-~1,050 screenings/s; `--quick` about 5.5, the soak 150,000 screenings). Every result
+Loopback only; bounded (about 31 minutes on a 2-core machine, of which the soak about 16 at
+~1,050 screenings/s; `--quick` about 7, the soak 150,000 screenings). Every result
 carries the versions (Python, grpcio, redis-server, durable_rules, zen-engine, ...) and the machine
 (cores, CPU model). The machines are shared and noisy: compare ratios from one run, not absolute
 figures across runs.
@@ -50,6 +58,8 @@ from typing import Any
 from benchmarks import (
     access_bench,
     backtest_bench,
+    compiled,
+    console_bench,
     e2e,
     fairness,
     first_request,
@@ -60,7 +70,20 @@ from benchmarks import (
 )
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
-PARTS = ("e2e", "rules", "counters", "fairness", "soak", "first", "access", "identity", "mux", "backtest")
+PARTS = (
+    "e2e",
+    "rules",
+    "counters",
+    "fairness",
+    "soak",
+    "first",
+    "access",
+    "identity",
+    "mux",
+    "backtest",
+    "console",
+    "compiled",
+)
 _COUNTERS_TIMEOUT = 240
 
 
@@ -104,6 +127,8 @@ RUNNERS: dict[str, Callable[[bool], Json]] = {
     "identity": identity.run_part,
     "mux": mux_bench.run_part,
     "backtest": backtest_bench.run_part,
+    "console": console_bench.run_part,
+    "compiled": compiled.run_part,
 }
 
 

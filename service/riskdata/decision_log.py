@@ -24,7 +24,8 @@ was sent with its outcome unknown and that is written again only after that
 (`service.riskdata.dispositions`) long after the stream has trimmed its entry,
 the same script writes the decision's id into the index of its UTC day,
 `{rg:log:decisions}:i:<YYYY-MM-DD of decided_at>` (a hash in the stream's
-cluster slot): field the id (its 16 UUID bytes), value the request_id. The
+cluster slot): field the id (its 16 UUID bytes), value the request_id and, after
+a \x1f, the fired rules (`T01,~T19`: a disposition is tallied by rule). The
 hash expires `index_seconds` after its day ends (`RISKGATE_DISPOSITION_DAYS`).
 Only decisions a disposition can follow are indexed: WARN or BLOCK, or a rule
 fired (shadow rules included, so a shadow rule's precision can be measured);
@@ -35,6 +36,12 @@ request_id, as the hash table's fill varies; MEMORY USAGE over 100,000 and
 before the id joins the written set, in the same atomic step: a decision is
 indexed exactly when it is logged, and a copy of the write, which appends
 nothing, indexes nothing again.
+
+**The console's tallies.** The same step adds the decision to the per-minute,
+per-day and per-hour counts and (a WARN or BLOCK) to the stream of flagged
+decisions that the monitoring console reads (`service.riskdata.tallies`), so
+they count each logged decision exactly once. An entry written so late that a
+tally has expired is not added to it.
 
 **Bounded.** The backlog holds at most `backlog_limit` entries
 (`RISKGATE_DECISION_LOG_BACKLOG`); the oldest is dropped beyond it, counted
@@ -72,25 +79,54 @@ from redis.exceptions import NoScriptError, RedisError
 from service.clock import Clock
 from service.errors import ConfigError, Unsupported
 from service.redis.mux import Multiplexer, pack_command
+from service.riskdata.tallies import (
+    HOUR_MS,
+    HOURS_KEPT,
+    MINUTE_MS,
+    MINUTES_KEPT,
+    day_end_ms,
+    day_key,
+    flagged_key,
+    hour_key,
+    local_day,
+    minute_key,
+    tallies_of,
+)
 
 log = logging.getLogger("riskgate.decision_log")
 
-# KEYS[1] the stream, KEYS[2] the written ids of the entry's minute, KEYS[3] (only for a decision
-# to index) the decision index of its day.
+# KEYS[1] the stream, KEYS[2] the written ids of the entry's minute, KEYS[3] the decision index of
+# its day, KEYS[4..7] the console's tallies (`service.riskdata.tallies`): the minute's, the local
+# day's, the hour's openings, and the flagged stream.
 # ARGV: decision id, when the id set expires (unix ms), the stream's MAXLEN, the decision's field
-# in the index and its value there (the request_id), when the index expires (unix ms), then the
-# fields.
+# in the index ('' for a decision not indexed) and its value there (request_id, then the fired
+# rules after a \x1f), when the index expires (unix ms); then how many tally fields of the
+# minute, the day and the hour follow, and how many fields of the flagged summary (0: not
+# flagged); when the minute's, the day's and the hour's tallies expire (unix ms); the flagged
+# stream's MAXLEN; the tally fields, the flagged summary, and last the entry's fields.
 # The id is added after XADD: a write that fails half-way (out of memory) leaves no mark, so
 # its retry is not taken for a copy; once XADD has written, Redis refuses none of the script's
-# later writes, so the index holds exactly the logged decisions. Returns 1 when appended, 0 when
-# the id was written before.
+# later writes, so the index and the tallies hold exactly the logged decisions. Returns 1 when
+# appended, 0 when the id was written before.
 LOG_ONCE: Final = """
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return 0 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 7))
-if KEYS[3] then
+local m, d, h, f = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local at = 15
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, at + m + d + h + f))
+if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
   redis.call('PEXPIREAT', KEYS[3], ARGV[6])
 end
+for part, count in ipairs({m, d, h}) do
+  if count > 0 then
+    local key = KEYS[3 + part]
+    -- A new key's first field is new: its expiry is set then (and when a new field comes first).
+    if redis.call('HINCRBY', key, ARGV[at], 1) == 1 then redis.call('PEXPIREAT', key, ARGV[10 + part]) end
+    for i = at + 1, at + count - 1 do redis.call('HINCRBY', key, ARGV[i], 1) end
+    at = at + count
+  end
+end
+if f > 0 then redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[14], '*', 'e', id, unpack(ARGV, at, at + f - 1)) end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('PEXPIREAT', KEYS[2], ARGV[2])
 return 1
@@ -183,6 +219,7 @@ class DecisionLogConfig:
     spool_path: Path | None = None
     index_seconds: float = 90 * 86_400.0  # the decision index, after its day (RISKGATE_DISPOSITION_DAYS)
     index_every: bool = False  # index every decision, not only the flagged ones
+    flagged_maxlen: int = 50_000  # the console's stream of warnings and blocks (service.riskdata.tallies)
 
 
 class Spool:
@@ -286,6 +323,8 @@ class DecisionLog:
         self._written_since_rewrite = 0
         self._index_day = -1
         self._index_key = ""
+        self._tally_day: date | None = None
+        self._tally_key = ("", 0)
         self.dropped = 0
         self.written_later = 0  # entries written from the backlog
         self.copies_skipped = 0  # writes that found their decision already in the log
@@ -321,37 +360,64 @@ class DecisionLog:
             self._index_day, self._index_key = day, index_key(self.config.stream_key, day_of(decided_ms))
         return self._index_key
 
+    def _day_tallies(self, decided_ms: int) -> tuple[str, int]:
+        """The key of the console's tallies of the local day of `decided_ms`, and when they
+        expire (the key of the last day asked, kept)."""
+        day = local_day(decided_ms)
+        if day != self._tally_day:
+            expires = day_end_ms(day) + int(self.config.index_seconds * 1000)
+            self._tally_day, self._tally_key = day, (day_key(self.config.stream_key, day), expires)
+        return self._tally_key
+
     def _args(self, entry: LogEntry, now_ms: int | None = None) -> tuple[Any, ...]:
         """EVAL's arguments after the script. `now_ms` (for entries written late): an entry whose
-        day's index has expired by then is not indexed (PEXPIREAT in the past would delete it)."""
-        bucket_end = (entry.decided_ms // _BUCKET_MS + 1) * _BUCKET_MS
+        day's index, or whose tallies, have expired by then is not indexed, or not tallied
+        (PEXPIREAT in the past would delete them)."""
+        decided_ms, key = entry.decided_ms, self.config.stream_key
+        bucket_end = (decided_ms // _BUCKET_MS + 1) * _BUCKET_MS
         expires_ms = bucket_end + int(self.config.dedupe_seconds * 1000)
+        named = dict(zip(entry.fields[::2], entry.fields[1::2], strict=True))
         request_id = to_index(entry.fields, self.config.index_every)
-        index_expires_ms = (entry.decided_ms // DAY_MS + 1) * DAY_MS + int(self.config.index_seconds * 1000)
+        index_expires_ms = (decided_ms // DAY_MS + 1) * DAY_MS + int(self.config.index_seconds * 1000)
         if request_id is None or (now_ms is not None and index_expires_ms <= now_ms):
-            return (
-                2,
-                self.config.stream_key,
-                self.marker_key(entry.decided_ms),
-                entry.decision_id,
-                expires_ms,
-                self.config.maxlen,
-                "",
-                "",
-                "",
-                *entry.fields,
-            )
+            index_name, index_value = b"", ""
+        else:
+            index_name, index_value = index_field(entry.decision_id), f"{request_id}\x1f{named.get('rules', '')}"
+        counted = tallies_of(named, decided_ms)
+        minute_expires = (decided_ms // MINUTE_MS + 1) * MINUTE_MS + int(MINUTES_KEPT.total_seconds() * 1000)
+        day_tallies, day_expires = self._day_tallies(decided_ms)
+        hour_expires = (decided_ms // HOUR_MS + 1) * HOUR_MS + int(HOURS_KEPT.total_seconds() * 1000)
+        late_ms = now_ms if now_ms is not None else 0
+        minute = counted.minute if minute_expires > late_ms else ()
+        day_fields = counted.day if day_expires > late_ms else ()
+        hour = counted.hour if hour_expires > late_ms else ()
         return (
-            3,
-            self.config.stream_key,
-            self.marker_key(entry.decided_ms),
-            self.index_key(entry.decided_ms),
+            7,
+            key,
+            self.marker_key(decided_ms),
+            self.index_key(decided_ms),
+            minute_key(key, decided_ms),
+            day_tallies,
+            hour_key(key, decided_ms),
+            flagged_key(key),
             entry.decision_id,
             expires_ms,
             self.config.maxlen,
-            index_field(entry.decision_id),
-            request_id,
+            index_name,
+            index_value,
             index_expires_ms,
+            len(minute),
+            len(day_fields),
+            len(hour),
+            len(counted.flagged),
+            minute_expires,
+            day_expires,
+            hour_expires,
+            self.config.flagged_maxlen,
+            *minute,
+            *day_fields,
+            *hour,
+            *counted.flagged,
             *entry.fields,
         )
 

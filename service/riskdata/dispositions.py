@@ -51,21 +51,30 @@ from service.clock import Clock
 from service.dispositions import Disposition, DispositionRecord
 from service.errors import StoreUnavailable, UnknownDecision
 from service.riskdata.decision_log import index_field, index_key
+from service.riskdata.tallies import day_end_ms, day_key, local_day
 
 BUDGET_SECONDS: Final = 1.0  # as the audit trail's writes: an administrative call, not a screening
 DISPOSITIONS_STREAM: Final = "dispositions"
 
 # KEYS[1..n]: the decision index of each day, newest first; KEYS[n+1..2n]: the dispositions of the
-# same days; KEYS[2n+1]: the dispositions stream.
+# same days; KEYS[2n+1]: the dispositions stream; KEYS[2n+2]: the console's tallies of the day
+# of the report (`service.riskdata.tallies`).
 # ARGV[1] the decision's field, ARGV[2] n, ARGV[3] the record's mark ('"k":"<hex>"'), ARGV[4] the
-# record (a JSON object), ARGV[5] the stream's MINID (unix ms), then the stream entry's fields.
+# record (a JSON object), ARGV[5] the stream's MINID (unix ms), ARGV[6] when the tallies expire
+# (unix ms), ARGV[7] the disposition, then the stream entry's fields.
+# An index value is the request_id, then (decisions logged since the console) a \x1f and the
+# fired rules, which the stream entry keeps and the tallies count the disposition for
+# (`dr:<rule>:<disposition>`, a shadow rule's as `ds:`).
 # Returns {0} when the index holds no such decision; {1, request_id, dispositions} when the
 # record was appended; {2, request_id, dispositions} when the latest record is this one already.
 _REPORT: Final = """
 local n = tonumber(ARGV[2])
 for day = 1, n do
-  local request_id = redis.call('HGET', KEYS[day], ARGV[1])
-  if request_id then
+  local value = redis.call('HGET', KEYS[day], ARGV[1])
+  if value then
+    local request_id, rules = value, ''
+    local cut = string.find(value, '\\31', 1, true)
+    if cut then request_id, rules = string.sub(value, 1, cut - 1), string.sub(value, cut + 1) end
     local held = redis.call('HGET', KEYS[n + day], ARGV[1])
     if held then
       -- A retry of the latest report only: the same disposition again after another one is news.
@@ -81,9 +90,19 @@ for day = 1, n do
     redis.call('HSET', KEYS[n + day], ARGV[1], held)
     local ttl = redis.call('PTTL', KEYS[day])
     if ttl > 0 then redis.call('PEXPIRE', KEYS[n + day], ttl) end
-    local entry = {'XADD', KEYS[2 * n + 1], 'MINID', '~', ARGV[5], '*', 'request_id', request_id}
-    for i = 6, #ARGV do entry[#entry + 1] = ARGV[i] end
+    local entry = {'XADD', KEYS[2 * n + 1], 'MINID', '~', ARGV[5], '*', 'request_id', request_id, 'rules', rules}
+    for i = 8, #ARGV do entry[#entry + 1] = ARGV[i] end
     redis.call(unpack(entry))
+    local tally = KEYS[2 * n + 2]
+    redis.call('HINCRBY', tally, 'd:' .. ARGV[7], 1)
+    for rule in string.gmatch(rules, '[^,]+') do
+      if string.sub(rule, 1, 1) == '~' then
+        redis.call('HINCRBY', tally, 'ds:' .. string.sub(rule, 2) .. ':' .. ARGV[7], 1)
+      else
+        redis.call('HINCRBY', tally, 'dr:' .. rule .. ':' .. ARGV[7], 1)
+      end
+    end
+    redis.call('PEXPIREAT', tally, ARGV[6])
     return {1, request_id, held}
   end
 end
@@ -95,8 +114,12 @@ return {0}
 _READ: Final = """
 local n = tonumber(ARGV[2])
 for day = 1, n do
-  local request_id = redis.call('HGET', KEYS[day], ARGV[1])
-  if request_id then return {1, request_id, redis.call('HGET', KEYS[n + day], ARGV[1]) or ''} end
+  local value = redis.call('HGET', KEYS[day], ARGV[1])
+  if value then
+    local cut = string.find(value, '\\31', 1, true)
+    local request_id = cut and string.sub(value, 1, cut - 1) or value
+    return {1, request_id, redis.call('HGET', KEYS[n + day], ARGV[1]) or ''}
+  end
 end
 return {0}
 """
@@ -241,18 +264,22 @@ class DispositionStore:
             "identity": identity,
             "reported_at": record.reported_at.isoformat(timespec="milliseconds"),
         }
+        reported_day = local_day(int(now.timestamp() * 1000))
         reply = await self._call(
             (
                 "EVAL",
                 _REPORT,
-                len(keys) + 1,
+                len(keys) + 2,
                 *keys,
                 self.stream_key,
+                day_key(self._log_stream_key, reported_day),
                 index_field(decision_id),
                 days,
                 f'"k":"{mark(disposition, note)}"',
                 encode_record(record),
                 max(0, minid),
+                day_end_ms(reported_day) + int(self.retention_seconds * 1000),
+                disposition.value,
                 *(part for pair in entry.items() for part in pair),
             ),
             deadline,

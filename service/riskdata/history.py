@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -47,6 +48,20 @@ _TYPES = {FieldType.NUMBER: pa.int64(), FieldType.BOOL: pa.bool_(), FieldType.ST
 # Every fact and identifier hash any kind of event logs, in catalogue order (`records.LAYOUTS`).
 FACT_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(name for layout in LAYOUTS.values() for name in layout.facts))
 ID_FIELDS: tuple[str, ...] = tuple(dict.fromkeys(name for layout in LAYOUTS.values() for name in layout.ids))
+
+# A decision's reasons as the clerk saw them (`records.decode_reasons`).
+_REASON = pa.struct(
+    [
+        ("rule_id", _STRING),
+        ("outcome", _STRING),
+        ("message_zh", _STRING),
+        ("message_en", _STRING),
+        ("evidence", pa.list_(pa.list_(_STRING))),
+        ("shadow", pa.bool_()),
+    ]
+)
+# Columns added since the first archives: an archive without them reads with them empty.
+_ADDED_COLUMNS = ("clerk", "reasons")
 
 SCHEMA = pa.schema(
     [
@@ -68,6 +83,8 @@ SCHEMA = pa.schema(
         ("counters", pa.map_(pa.string(), pa.float64())),
         ("list_hits", _LIST),
         ("subject", _STRING),
+        ("clerk", _STRING),
+        ("reasons", pa.list_(_REASON)),
         ("facts", pa.struct([(name, _TYPES[FIELDS[name].type]) for name in FACT_FIELDS])),
         ("ids", pa.struct([(name, _STRING) for name in ID_FIELDS])),
     ]
@@ -106,6 +123,8 @@ def to_table(documents: Sequence[Mapping[str, Any]]) -> pa.Table:
                 value = _time(str(value))
             elif name in _LIST_COLUMNS:
                 value = list(value or [])
+            elif name == "reasons":
+                value = [{**r, "evidence": [list(pair) for pair in r["evidence"]]} for r in value or []]
             elif name in _BOOL_COLUMNS:
                 value = bool(value)
             else:
@@ -128,6 +147,10 @@ def documents_of(table: pa.Table) -> Iterator[dict[str, Any]]:
             row[name] = {k: v for k, v in (row.get(name) or {}).items() if v is not None}
         for name in _LIST_COLUMNS:
             row[name] = list(row.get(name) or [])
+        row["clerk"] = row.get("clerk") or ""
+        row["reasons"] = [
+            {**r, "evidence": [(str(n), str(v)) for n, v in r["evidence"] or []]} for r in row.get("reasons") or []
+        ]
         for name in _BOOL_COLUMNS:
             row[name] = bool(row.get(name))
         row["layout_known"] = True  # facts and ids are kept by name here
@@ -160,6 +183,17 @@ def read_table(path: str | Path, *, since: datetime | None = None, until: dateti
     `path`: an archive directory, one Parquet file, or a JSON Lines export (`riskgate decisions
     export`). InvalidValue names the file (and line) of anything unreadable.
     """
+    table, rows = read_rows(path, since=since, until=until)
+    return table if rows is None else table.take(rows)
+
+
+def read_rows(
+    path: str | Path, *, since: datetime | None = None, until: datetime | None = None
+) -> tuple[pa.Table, np.ndarray | None]:
+    """`read_table` without moving any data: the table as read (every decision of the files) and
+    the positions of `read_table`'s rows in it, in its order (None: all of them, as they are).
+    Taking every column into order costs more than reading it; a columnar reader (a backtest)
+    takes only what it uses."""
     root = Path(path)
     if root.is_dir():
         files = _files(root, since, until)
@@ -180,15 +214,19 @@ def read_table(path: str | Path, *, since: datetime | None = None, until: dateti
     if until is not None:
         before = pc.less(occurred, pa.scalar(until, _TIME))
         keep = before if keep is None else pc.and_(keep, before)
-    if keep is not None:
-        table = table.filter(keep)
     ms, seq = _stream_parts(table.column("stream_id"))
     keys = pa.table({"decided_at": table.column("decided_at"), "ms": ms, "seq": seq})
+    kept = None
+    if keep is not None:
+        kept = np.flatnonzero(pc.fill_null(keep, False).to_numpy(zero_copy_only=False))
+        keys = keys.take(pa.array(kept))
     order = pc.sort_indices(keys, sort_keys=[("decided_at", "ascending"), ("ms", "ascending"), ("seq", "ascending")])
-    positions = order.to_numpy()
-    if not (positions[1:] > positions[:-1]).all():
-        table = table.take(order)  # moving every column costs more than sorting: only when out of order
-    return table
+    positions = order.to_numpy().astype(np.int64)
+    if kept is not None:
+        return table, kept[positions]
+    if (positions[1:] > positions[:-1]).all():
+        return table, None
+    return table, positions
 
 
 def read_history(
@@ -220,6 +258,9 @@ def _read_parquet(file: Path) -> pa.Table:
     missing = [name for name in _REQUIRED if name not in table.column_names]
     if missing:
         raise InvalidValue(f"{file}: not a decision history: no column {', '.join(missing)}")
+    for name in _ADDED_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(len(table), SCHEMA.field(name).type))
     if not table.schema.equals(SCHEMA):
         try:
             table = table.select(SCHEMA.names).cast(SCHEMA)

@@ -174,6 +174,7 @@ def log_entry(
     id_hashes: Mapping[str, str] | None = None,
     late: bool = False,
     demoted: frozenset[str] = frozenset(),
+    clerk_ref: str = "",
 ) -> dict[str, str]:
     """The decision log's fields for one decision: flat strings, no clear identifiers.
 
@@ -181,7 +182,9 @@ def log_entry(
     identifier fields' keyed hashes (`history_ids`); `late`: a degraded decision whose counter
     update was sent but not answered in time (it probably counted); `demoted`: the rules that were
     demoted to shadow by their breakers at the decision (service.pipeline.breakers), so a replay
-    can demote them too (their fires show as shadow, `~ID`, in `rules`)."""
+    can demote them too (their fires show as shadow, `~ID`, in `rules`); `clerk_ref`: the clerk
+    as a short keyed hash (`tallies.CLERK_REF_LENGTH` characters), for the console. A decision
+    in which a rule fired also keeps its `reasons` as the clerk was shown them (`encode_reasons`)."""
     rules = ",".join(("~" if r.shadow else "") + r.rule_id for r in decision.reasons)
     hits = sorted(f"{name}:{field}" for (name, field), hit in list_hits.items() if hit)
     return {
@@ -202,8 +205,38 @@ def log_entry(
         "counters": _SORTED_COMPACT_JSON.encode(dict(counters)),
         "list_hits": ",".join(hits),
         "subject": subject_hash,
+        "clerk": clerk_ref,
+        **({"reasons": encode_reasons(decision.reasons)} if decision.reasons else {}),
         **_positional(request.kind, facts or {}, id_hashes or {}),
     }
+
+
+def encode_reasons(reasons: tuple[Reason, ...]) -> str:
+    """A decision's reasons as compact JSON: [rule_id, outcome, message_zh, message_en, evidence
+    pairs, shadow] each, in the order the answer gave them."""
+    return _COMPACT_UNICODE_JSON.encode(
+        [
+            [r.rule_id, _OUTCOME_LABELS[r.outcome], r.message_zh, r.message_en, [list(p) for p in r.evidence], r.shadow]
+            for r in reasons
+        ]
+    )
+
+
+def decode_reasons(text: str) -> list[dict[str, Any]]:
+    """`encode_reasons` read back, by name ([] for an entry without reasons)."""
+    if not text:
+        return []
+    return [
+        {
+            "rule_id": rule_id,
+            "outcome": outcome,
+            "message_zh": zh,
+            "message_en": en,
+            "evidence": [(str(n), str(v)) for n, v in evidence],
+            "shadow": bool(shadow),
+        }
+        for rule_id, outcome, zh, en, evidence, shadow in json.loads(text)
+    ]
 
 
 def entry_document(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any]:
@@ -216,6 +249,7 @@ def entry_document(entry_id: str, fields: Mapping[Any, Any]) -> dict[str, Any]:
     document["demoted"] = [r for r in text.get("demoted", "").split(",") if r]
     document["list_hits"] = [h for h in text.get("list_hits", "").split(",") if h]
     document["counters"] = json.loads(text.get("counters") or "{}")
+    document["reasons"] = decode_reasons(text.get("reasons", ""))
     document["facts"], document["ids"], document["layout_known"] = _named(
         text.get("layout", ""), text.get("facts") or "[]", text.get("ids") or "[]"
     )

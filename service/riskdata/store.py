@@ -78,6 +78,7 @@ from service.riskdata.records import (
     history_ids,
     log_entry,
 )
+from service.riskdata.tallies import clerk_ref
 from service.riskdata.watchlists import Watchlists
 
 log = logging.getLogger("riskgate.riskdata")
@@ -458,6 +459,7 @@ class BoundRiskData:
             id_hashes=history_ids(ids, facts, identifier),
             late=late,
             demoted=demoted,
+            clerk_ref=clerk_ref(identifier, request.outlet.clerk_id),
         )
         return LogEntry.of(fields, int(decision.decided_at.timestamp() * 1000))
 

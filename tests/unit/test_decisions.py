@@ -111,6 +111,10 @@ def test_log_entry_fields_byte_for_byte() -> None:
         "counters": '{"a_first":0,"banks_30d":4,"flow_24h":12.5,"z_last":1}',
         "list_hits": "a:x.y,b:x.y",
         "subject": "HASHED",
+        "clerk": "",  # the clerk's short keyed-hash reference, for the console (none given here)
+        # the reasons as the clerk saw them (a decision in which a rule fired)
+        "reasons": '[["K05_many_banks","warn","本证件30天内已在4家银行开户","4 banks in 30 days",'
+        '[["banks_30d","4"]],false],["S12_shadow","block","影子","shadow",[],true]]',
         # for replays: the facts and identifier hashes in the order of the kind's layout (none given here)
         "layout": LAYOUTS[EventKind.CLOSURE].tag,
         "facts": json.dumps([None] * len(LAYOUTS[EventKind.CLOSURE].facts), separators=(",", ":")),

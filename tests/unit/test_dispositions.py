@@ -186,13 +186,14 @@ def test_a_decision_is_indexed_with_its_request_id_until_its_days_index_expires(
     entry = LogEntry.of({"decision_id": decision_id, "request_id": "TX-1", "outcome": "warn", "rules": "T18"}, now_ms)
     args = log._args(entry)
     day_end = (now_ms // 86_400_000 + 1) * 86_400_000
-    assert args[:4] == (3, STREAM, log.marker_key(now_ms), log.index_key(now_ms))
-    assert args[7:11] == (uuid.UUID(decision_id).bytes, "TX-1", day_end + 2 * 86_400_000, "decision_id")
+    assert args[:4] == (7, STREAM, log.marker_key(now_ms), log.index_key(now_ms))
+    # The index keeps the request_id and the fired rules (a disposition is tallied by rule).
+    assert args[11:14] == (uuid.UUID(decision_id).bytes, "TX-1\x1fT18", day_end + 2 * 86_400_000)
     # Written from the backlog after its day's index has expired: logged, not indexed.
     late = log._args(entry, now_ms=day_end + 2 * 86_400_000)
-    assert late[0] == 2 and late[6:10] == ("", "", "", "decision_id")
+    assert late[11:13] == (b"", "")
     allowed = LogEntry.of({"decision_id": "d", "request_id": "TX-2", "outcome": "allow", "rules": ""}, now_ms)
-    assert log._args(allowed)[0] == 2
+    assert log._args(allowed)[11:13] == (b"", "")
 
 
 def test_lookup_covers_every_day_whose_index_may_still_hold_a_decision() -> None:

@@ -112,10 +112,12 @@ def parse_decision_id(text: str) -> str:
     return str(uuid.UUID(text))
 
 
-# Runs of digits, groups of them set off by single spaces or hyphens ("6222 0202 0011 2233 445"),
+# Runs of digits, groups of them set off by a single space, hyphen, dot, slash, underscore or
+# middle dot, ASCII or full-width ("6222 0202 0011 2233 445", "138.0013.8000", "138／0013／8000"),
 # with an ID number's check character X at the end. \d is any Unicode digit: full-width ones too.
-_DIGIT_RUN = re.compile(r"\d(?:[ \-]?\d)*(?:[xX](?![0-9A-Za-z]))?")
-_SEPARATORS = re.compile(r"[ \-]")
+_SEPARATOR = r"[ \-./_\u00b7\u3000\uff0d\uff0e\uff0f\uff3f]"
+_DIGIT_RUN = re.compile(rf"\d(?:{_SEPARATOR}?\d)*(?:[xX](?![0-9A-Za-z]))?")
+_SEPARATORS = re.compile(_SEPARATOR)
 
 
 def _looks_like_identifier(run: str) -> bool:

@@ -107,6 +107,11 @@ def test_a_decision_id_is_a_uuid_kept_in_lower_case() -> None:
         "payee 6217000010002000300",  # a 19-digit account number
         "payee 6222-0202-0011-2233",  # a 16-digit card number in groups
         "payee 6222 0202 0011 2233 445",
+        "called 138.0013.8000",  # set off by dots, slashes, underscores, full-width or middle dots
+        "called 138/1234/5678",
+        "payee 6222_0202_0011_2233",
+        "called 138．1234．5678",
+        "called 138·1234·5678",
     ],
 )
 def test_notes_that_look_like_identifiers_are_refused_naming_the_field(note: str) -> None:
@@ -126,6 +131,8 @@ def test_notes_that_look_like_identifiers_are_refused_naming_the_field(note: str
         "case 52, 3 cards",
         "¥50,000 held 72 h",
         "劝阻成功",
+        "¥1,250.50 returned, notice 2024/118",  # amounts and short references stay
+        "call at 10.30, case 7_52",
     ],
 )
 def test_ordinary_notes_are_kept(note: str) -> None:

@@ -15,9 +15,12 @@ gone) resumes from it: at start it deletes `.tmp` files and any file of a batch 
 checkpoint (written, not committed), then reads again after the checkpoint. So every entry is
 archived exactly once, whichever step was cut short.
 
-Entries the stream trimmed before the drain read them are lost to the archive: when the oldest
-entry left is after the checkpoint, the drain says how many the stream added that neither the
-archive nor the stream holds (Redis 7 counts what a stream added), and exits 1.
+Entries the stream trimmed before the drain read them are lost to the archive: every read that
+reaches the end of the stream (with `--follow` too) also takes, in the same atomic step, how
+many entries the stream ever added (Redis 7 counts them); those neither archived nor read are
+lost. The drain logs it (`--follow`), says so at the end and exits 1. A new archive begins at
+the oldest entry the log still holds: what the log had trimmed before the first drain is said
+once and recorded in the checkpoint (`before`), not counted as lost.
 
 Without `--follow` the drain archives what there is and stops (a scheduled export, e.g. every
 few minutes from cron or a systemd timer); with `--follow` it keeps draining, writing a batch
@@ -29,22 +32,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import json
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from redis.exceptions import ResponseError
+from typing import Any, Final
 
 from service.redis.connection import hasher_for, tool_connection
 from service.riskdata.history import PARTITION, SUFFIX, day_of, write_parquet
 from service.riskdata.records import LOG_STREAM, entry_document
 from service.settings import Settings
 from service.tools.admin import run_tail
+from service.tools.arguments import positive_float, positive_int
+
+log = logging.getLogger("riskgate.archive")
 
 CHECKPOINT = "_archive.json"
 LOCK = "_archive.lock"
@@ -61,6 +67,7 @@ class Checkpoint:
     last_id: str = "0-0"  # the last stream id archived
     entries: int = 0  # entries archived, in all
     files: int = 0
+    before: int = 0  # entries the log had trimmed before the archive's first drain (not lost: never archived)
 
 
 class Archive:
@@ -90,7 +97,9 @@ class Archive:
             return Checkpoint()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            checkpoint = Checkpoint(str(data["last_id"]), int(data["entries"]), int(data["files"]))
+            checkpoint = Checkpoint(
+                str(data["last_id"]), int(data["entries"]), int(data["files"]), int(data.get("before", 0))
+            )
             _order(checkpoint.last_id)
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{path}: not an archive checkpoint ({error})") from None
@@ -145,15 +154,31 @@ class Archive:
             _fsync(temporary)
             temporary.rename(final)
             _fsync(directory)
-        checkpoint = Checkpoint(last, self.checkpoint.entries + len(batch), self.checkpoint.files + len(by_day))
+        checkpoint = Checkpoint(
+            last, self.checkpoint.entries + len(batch), self.checkpoint.files + len(by_day), self.checkpoint.before
+        )
         self._write_checkpoint(checkpoint)
         self.checkpoint = checkpoint
         return len(by_day)
 
+    def begin(self, before: int) -> None:
+        """Record, at a new archive's first drain, how many entries the log had trimmed already."""
+        self.checkpoint = dataclasses.replace(self.checkpoint, before=before)
+        self._write_checkpoint(self.checkpoint)
+
+    @property
+    def new(self) -> bool:
+        return self.checkpoint.entries == 0 and self.checkpoint.last_id == "0-0" and not self.checkpoint.before
+
     def _write_checkpoint(self, checkpoint: Checkpoint) -> None:
         path = self.root / CHECKPOINT
         temporary = path.with_name(path.name + _TMP)
-        document = {"last_id": checkpoint.last_id, "entries": checkpoint.entries, "files": checkpoint.files}
+        document = {
+            "last_id": checkpoint.last_id,
+            "entries": checkpoint.entries,
+            "files": checkpoint.files,
+            "before": checkpoint.before,
+        }
         temporary.write_text(json.dumps(document) + "\n", encoding="utf-8")
         _fsync(temporary)
         temporary.replace(path)
@@ -175,29 +200,38 @@ class DrainReport:
     files: int = 0
     lost: int = 0  # entries the stream trimmed before they were archived (an estimate from Redis' counts)
     lost_up_to: str = ""
+    before: int = 0  # at a new archive's first drain: entries the log had trimmed before it began
 
 
-async def _trimmed(client: Any, key: str, archive: Archive) -> tuple[int, str]:
-    """Entries the stream trimmed (MAXLEN) that the archive never got: (how many, before which id)."""
-    try:
-        info = await client.xinfo_stream(key)
-    except ResponseError as error:
-        if "no such key" in str(error).lower():
-            return 0, ""  # no stream yet: nothing was trimmed
-        raise
-    first = info.get("first-entry")
-    oldest = (first[0].decode() if isinstance(first[0], bytes) else str(first[0])) if first else None
-    newest = info.get("last-generated-id", b"0-0")
-    newest = newest.decode() if isinstance(newest, bytes) else str(newest)
-    checkpoint = _order(archive.checkpoint.last_id)
-    if oldest is not None and _order(oldest) <= checkpoint:
-        return 0, ""  # the entries right after the checkpoint are still there
-    if oldest is None and _order(newest) <= checkpoint:
-        return 0, ""
-    # Every entry still there is after the checkpoint: the rest of what the stream ever added,
-    # beyond what was archived, was trimmed unread (Redis 7 counts what it added).
-    lost = int(info.get("entries-added", 0)) - archive.checkpoint.entries - int(info.get("length", 0))
-    return max(0, lost), oldest or newest
+# Entries after ARGV[1] (an XRANGE start), at most ARGV[2], and in the same atomic step the stream's
+# length and how many entries it ever added (Redis 7; 0 before): {entries, length, added}.
+_READ: Final = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {entries, 0, 0} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local length, added = 0, 0
+for i = 1, #info, 2 do
+  if info[i] == 'length' then length = info[i + 1] elseif info[i] == 'entries-added' then added = info[i + 1] end
+end
+return {entries, length, added}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    entries: Sequence[tuple[str, Mapping[Any, Any]]]
+    length: int  # the stream's, when it was read
+    added: int  # entries the stream ever added, when it was read (0: Redis before 7 does not say)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _read_after(client: Any, key: str, last: str, count: int) -> _Read:
+    entries, length, added = await client.eval(_READ, 1, key, "(" + last, count)
+    fields = [(_text(entry_id), dict(zip(flat[::2], flat[1::2], strict=True))) for entry_id, flat in entries]
+    return _Read(fields, int(length), int(added))
 
 
 async def drain(
@@ -210,9 +244,13 @@ async def drain(
     flush_seconds: float = 60.0,
     stop: asyncio.Event | None = None,
 ) -> DrainReport:
-    """Archive the stream's entries after the checkpoint; with `follow`, until `stop` is set."""
+    """Archive the stream's entries after the checkpoint; with `follow`, until `stop` is set.
+
+    Every read that reaches the end of the stream counts, in the same atomic step, what the
+    stream ever added: what is neither read (archived or pending) nor trimmed before the archive
+    began was trimmed unread (`DrainReport.lost`, cumulative). At a new archive's first read,
+    what the log had trimmed already is recorded as where the archive begins (`before`)."""
     report = DrainReport()
-    report.lost, report.lost_up_to = await _trimmed(client, key, archive)
     pending: list[tuple[str, Mapping[str, Any]]] = []
     last = archive.checkpoint.last_id
     loop = asyncio.get_running_loop()
@@ -228,16 +266,28 @@ async def drain(
     while not (stop is not None and stop.is_set()):
         want = batch - len(pending)
         if follow:
-            reply = await client.xread({key: last}, block=1000, count=want)
-            entries = [entry for _stream, stream_entries in reply or [] for entry in stream_entries]
-        else:
-            entries = await client.xrange(key, min="(" + last, max="+", count=want)
-        for entry_id, fields in entries:
-            last = entry_id.decode()
+            await client.xread({key: last}, block=1000, count=1)  # until something arrives, or a second
+        read = await _read_after(client, key, last, want)
+        if archive.new and read.added > read.length and last == "0-0":
+            # The log had trimmed these before the archive's first drain: not lost, never archived.
+            report.before = read.added - read.length
+            archive.begin(report.before)
+        for entry_id, fields in read.entries:
+            last = entry_id
             pending.append((last, entry_document(last, fields)))
+        if len(read.entries) < want and read.added:
+            # Read to the end: every entry the stream added is accounted for, or was trimmed unread.
+            lost = read.added - archive.checkpoint.before - archive.checkpoint.entries - len(pending)
+            if lost > report.lost:
+                report.lost, report.lost_up_to = lost, last
+                if follow:
+                    log.error(
+                        "decisions trimmed from the log before they were archived",
+                        extra={"fields": {"lost": lost, "by_stream_id": last}},
+                    )
         if len(pending) >= batch or (pending and (not follow or loop.time() - opened >= flush_seconds)):
             flush()
-        if not follow and not entries:
+        if not follow and not read.entries:
             break
     if pending:
         flush()
@@ -283,28 +333,21 @@ def _decisions_archive(args: argparse.Namespace) -> int:
         f" ({checkpoint.entries} in all, up to stream id {checkpoint.last_id})",
         file=sys.stderr,
     )
+    if report.before:
+        print(
+            f"a new archive: it begins at the oldest decision the log still held; {report.before} earlier"
+            " decision(s) had been trimmed from the log before the first drain",
+            file=sys.stderr,
+        )
     if report.lost:
         print(
-            f"riskgate decisions archive: {report.lost} decision(s) before stream id {report.lost_up_to} were trimmed"
-            " from the log (RISKGATE_DECISION_LOG_MAXLEN) before they were archived: archive more often",
+            f"riskgate decisions archive: {report.lost} decision(s) were trimmed from the log"
+            f" (RISKGATE_DECISION_LOG_MAXLEN) before they were archived (found by stream id {report.lost_up_to}):"
+            " archive more often",
             file=sys.stderr,
         )
         return 1
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be above 0")
-    return value
 
 
 def add_archive_command(decision_commands: Any) -> None:
@@ -321,11 +364,11 @@ def add_archive_command(decision_commands: Any) -> None:
     archive.add_argument("--out", default="archive", help="the archive directory (default: ./archive)")
     archive.add_argument("--follow", action="store_true", help="keep draining as decisions are logged")
     archive.add_argument(
-        "--batch", type=_positive_int, default=10_000, help="decisions per committed batch (default 10000)"
+        "--batch", type=positive_int, default=10_000, help="decisions per committed batch (default 10000)"
     )
     archive.add_argument(
         "--flush-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=60.0,
         help="with --follow: commit a smaller batch after this many seconds (default 60)",
     )

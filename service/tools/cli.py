@@ -15,6 +15,7 @@ from service import __version__, logs
 from service._gen.riskgate.v1 import screening_pb2_grpc as pb_grpc
 from service.backtest.command import add_backtest_command
 from service.errors import ConfigError, RiskgateError
+from service.server import workers
 from service.server.access.identity import ClientCredentials
 from service.server.app import run
 from service.settings import SETTINGS, Settings
@@ -23,6 +24,7 @@ from service.tools import screen as screen_tool
 from service.tools.access import add_access_commands
 from service.tools.admin import add_admin_commands
 from service.tools.archive import add_archive_command
+from service.tools.arguments import positive_float, positive_int
 from service.tools.dispositions import add_disposition_commands
 from service.tools.rules import add_rules_commands
 
@@ -37,6 +39,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings()
     logs.configure(settings.log_level_number, settings.log_format)
     try:
+        if settings.workers > 1:
+            return workers.serve(settings)
+        workers.adopt_spools(settings.data_dir, 1)
         asyncio.run(run(settings))
     except RiskgateError as error:
         logging.getLogger("riskgate").error("cannot serve: %s", error)
@@ -67,26 +72,6 @@ def _screen(args: argparse.Namespace) -> int:
         opener = screen_tool.stream_opener(pb_grpc.ScreeningStub(channel), metadata)
         items = screen_tool.read_requests(screen_tool.fd_lines(sys.stdin.fileno()))
         return screen_tool.run(items, opener, sys.stdout, sys.stderr, time.monotonic, options)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number of seconds")
-    return value
 
 
 def _path(value: str | None) -> Path | None:
@@ -133,11 +118,11 @@ def parser() -> argparse.ArgumentParser:
     screen.add_argument("--target", help="server address (default: RISKGATE_LISTEN)")
     screen.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         help="seconds to wait for the next answer while requests are in flight; then give up (default 5)",
     )
-    screen.add_argument("--window", type=_positive_int, default=64, help="requests in flight at most (default 64)")
+    screen.add_argument("--window", type=positive_int, default=64, help="requests in flight at most (default 64)")
     screen.add_argument(
         "--stop-on-error",
         action="store_true",

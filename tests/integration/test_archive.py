@@ -33,10 +33,12 @@ async def client(redis_url: str) -> AsyncIterator[Redis]:
     await connection.aclose()
 
 
-async def _log(client: Redis, count: int, first: int = 0, maxlen: int | None = None) -> None:
+async def _log(client: Redis, count: int, first: int = 0, maxlen: int | None = None, *, together: bool = False) -> None:
+    """Log `count` decisions; `together`: in one MULTI, so that no reader sees one before the last."""
     now = datetime.now(UTC)
     request = screen_request(samples.transfer("r-arch"), now=now)
     request_facts, ids = facts(request), identifiers(request)
+    pipe = client.pipeline(transaction=True)
     for i in range(first, first + count):
         decision = Decision(
             f"r-{i}", f"d-{i}", Outcome.ALLOW, (), "rev", False, now, timedelta(0), kind=EventKind.TRANSFER
@@ -50,7 +52,12 @@ async def _log(client: Redis, count: int, first: int = 0, maxlen: int | None = N
             facts=request_facts,
             id_hashes=history_ids(ids, request_facts, HASHER.identifier),
         )
-        await client.xadd(KEY, fields, maxlen=maxlen, approximate=False)  # type: ignore[arg-type]
+        if together:
+            pipe.xadd(KEY, fields, maxlen=maxlen, approximate=False)  # type: ignore[arg-type]
+        else:
+            await client.xadd(KEY, fields, maxlen=maxlen, approximate=False)  # type: ignore[arg-type]
+    if together:
+        await pipe.execute()
 
 
 async def _drain(client: Redis, root: Path, **options: Any) -> DrainReport:
@@ -93,3 +100,30 @@ async def test_following_drain_commits_what_arrived_when_stopped(client: Redis, 
     report = await asyncio.wait_for(task, timeout=5)
     assert report.entries == 7
     assert _archived(tmp_path) == [f"d-{i}" for i in range(7)]
+
+
+async def test_a_new_archive_begins_at_the_oldest_entry_left_without_counting_earlier_trims_as_lost(
+    client: Redis, tmp_path: Path
+) -> None:
+    await _log(client, 20, maxlen=6)  # 14 trimmed before any archive existed
+    with Archive(tmp_path) as archive:
+        report = await drain(client, KEY, archive)
+        assert (report.before, report.lost, report.entries) == (14, 0, 6)
+        assert archive.checkpoint.before == 14
+    await _log(client, 3, first=20, maxlen=6)
+    again = await _drain(client, tmp_path)
+    assert (again.before, again.lost, again.entries) == (0, 0, 3)  # recorded once, in the checkpoint
+
+
+async def test_a_following_drain_counts_what_the_log_trimmed_while_it_followed(client: Redis, tmp_path: Path) -> None:
+    await _log(client, 3)
+    stop = asyncio.Event()
+    with Archive(tmp_path) as archive:
+        task = asyncio.create_task(drain(client, KEY, archive, follow=True, batch=1000, flush_seconds=60, stop=stop))
+        await asyncio.sleep(0.5)  # the first read took the 3
+        await _log(client, 20, first=3, maxlen=5, together=True)  # 15 trimmed before the drain could read them
+        await asyncio.sleep(1.5)
+        stop.set()
+        report = await asyncio.wait_for(task, timeout=5)
+    assert report.lost == 15 and report.entries == 8
+    assert _archived(tmp_path) == [f"d-{i}" for i in (0, 1, 2, *range(18, 23))]

@@ -154,7 +154,7 @@ def test_a_batch_across_midnight_is_one_file_per_day_and_one_commit(tmp_path: Pa
     batch = _batch(1, 3, midnight - timedelta(seconds=1)) + _batch(4, 2, midnight)
     assert archive.commit(batch) == 2
     checkpoint = json.loads((tmp_path / CHECKPOINT).read_text())
-    assert checkpoint == {"last_id": "5-0", "entries": 5, "files": 2}
+    assert checkpoint == {"last_id": "5-0", "entries": 5, "files": 2, "before": 0}
     days = sorted(p.parent.name for p in tmp_path.rglob("*.parquet"))
     assert days == [f"day={(midnight - timedelta(days=1)).date()}", f"day={midnight.date()}"]
     assert len(read_history(tmp_path)) == 5

@@ -17,9 +17,10 @@ Part "backtest" of `make bench`. Steps, all through the real parts:
 3. **Rates.** The recorded history replicated to `SCALE` events (1,000,000; 100,000 with --quick),
    each copy with its own identifier hashes and decision ids, and backtested with a changed
    candidate (a threshold lowered): events per second of the whole backtest (read, counters of
-   both rulesets, both rulesets evaluated, the report), its phases, and the counter replay in
-   the kernels alone (`kernel_seconds`: events per second of one ruleset's counter file), medians
-   of `REPEATS` runs of the kernels, against the NumPy set-up of the same replay.
+   both rulesets, both rulesets evaluated, the report), its phases and its peak memory (the
+   process's peak RSS right after it); then the counter replay in the kernels alone
+   (`kernel_seconds`: events per second of one ruleset's counter file), medians of `REPEATS`
+   runs of the kernels, against the NumPy set-up of the same replay.
 
 Single process, single thread: the rates are per core (Numba kernels and durable_rules are
 single-threaded here), on this 2-core machine.
@@ -49,7 +50,7 @@ from service.backtest.events import Events
 from service.backtest.replay import CounterReplay
 from service.backtest.run import Engine, Ruleset, Verdict, evaluate
 from service.domain import Outcome
-from service.riskdata.history import read_table
+from service.riskdata.history import read_rows, read_table
 from service.rules.directory import load_directory
 
 RISKGATE = Path(sys.executable).parent / "riskgate"
@@ -141,7 +142,7 @@ def _candidate(tmp: Path) -> Path:
 def _kernel_rate(history: Path) -> Json:
     """The counter replay alone, on the replicated history: set-up (NumPy) and kernels, per event."""
     directory = load_directory(REPO / "rules")
-    events = Events(read_table(history))
+    events = Events(*read_rows(history))
     setups, kernels = [], []
     for _ in range(REPEATS):
         started = time.perf_counter()
@@ -159,7 +160,7 @@ def _kernel_rate(history: Path) -> Json:
 def _engines(archive: Path) -> Json:
     """The vectorised evaluator against durable_rules on the recorded stream: the same verdict for
     every event (outcome and fired rules), and the time each takes to evaluate the served rules."""
-    events = Events(read_table(archive))
+    events = Events(*read_rows(archive))
     selected = np.arange(events.n, dtype=np.int64)
     seconds: dict[Engine, float] = {}
     verdicts: dict[Engine, list[Verdict]] = {}
@@ -210,7 +211,6 @@ def bench(events: int, scale: int) -> Json:
         )
         big = tmp / "replicated"
         figures["backtest.events"] = _replicate(archive, scale, big)
-        figures.update(_kernel_rate(big))
         report = run_backtest(
             candidate_dir=str(_candidate(tmp)),
             baseline_dir=str(REPO / "rules"),
@@ -231,9 +231,11 @@ def bench(events: int, scale: int) -> Json:
                 "backtest.evaluate_us_per_event": round(timing["evaluate_seconds"] / n * 1e6, 2),
                 "backtest.report_us_per_event": round(timing["report_seconds"] / n * 1e6, 2),
                 "backtest.changed": report["changes"]["changed"],
+                # The process's peak so far: the whole backtest's (the steps before it hold far less).
                 "backtest.peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             }
         )
+        figures.update(_kernel_rate(big))
     print(json.dumps(figures, indent=1), flush=True)
     return figures
 

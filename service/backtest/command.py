@@ -28,7 +28,7 @@ from service.backtest.run import Engine, Ruleset, evaluate, select
 from service.domain import CHINA_TZ, Outcome
 from service.durations import seconds_of
 from service.errors import ConfigError, InvalidValue, SourceError
-from service.riskdata.history import read_table
+from service.riskdata.history import read_rows
 from service.settings import FailPolicy, Settings
 
 EXIT_GATE = 1
@@ -173,7 +173,7 @@ def run_backtest(
     started = time.perf_counter()
     labels = read_labels(labels_path) if labels_path else None
     # Every event up to `until`: the ones before `since` warm the counters.
-    events = Events(read_table(history_path, until=until))
+    events = Events(*read_rows(history_path, until=until))
     read = time.perf_counter()
     with Ruleset(baseline_dir, engine) as baseline, Ruleset(candidate_dir, engine) as candidate:
         history = select(events, since, until, baseline, candidate)

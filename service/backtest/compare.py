@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from service.backtest.events import KINDS
-from service.backtest.run import History, Outcomes, Ruleset
+from service.backtest.events import KINDS, Column, Events
+from service.backtest.run import History, Outcomes, Ruleset, Verdict
 from service.dispositions import disposition_label
-from service.domain import EventKind, Outcome, local_time
+from service.domain import Outcome, local_time
 from service.errors import InvalidValue
 from service.pipeline.facts import FIELDS, FieldType
 from service.rules.model import CounterRef, FieldRef
@@ -104,45 +106,64 @@ def _share(part: int, whole: int) -> float:
 
 
 @dataclass(frozen=True, slots=True)
-class _Seen:
-    """One compared event, as the report needs it."""
+class _Compared:
+    """The compared events (`history.selected`) as columns, one entry per event."""
 
-    index: int
-    decision_id: str
-    request_id: str
-    kind: EventKind
-    revision: str
-    institution_id: str
-    outlet_id: str
-    region_code: str
-    outcome: Outcome
-    rules: tuple[str, ...]
-    degraded: bool
-    occurred_at: datetime
+    rows: np.ndarray  # event indices
+    revision: np.ndarray  # the revision that decided, a code of `revisions`
+    revisions: Column
+    outcome: np.ndarray  # the recorded outcome (int8)
+    rules: np.ndarray  # the recorded rules, a code of `Events.recorded_rules`
+    degraded: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
-def _seen(history: History) -> list[_Seen]:
-    events = history.events
-    strings = events.strings
-    rules = events.recorded_rules
-    out = []
-    for index in history.selected.tolist():
-        out.append(
-            _Seen(
-                index,
-                strings["decision_id"][index],
-                strings["request_id"][index],
-                KINDS[events.kind[index]],
-                strings["revision"][index],
-                strings["institution_id"][index],
-                strings["outlet_id"][index],
-                strings["region_code"][index],
-                Outcome(int(events.outcome[index])),
-                tuple(rules[index]),
-                bool(events.degraded[index]),
-                datetime.fromtimestamp(int(events.occurred_us[index]) / 1_000_000, UTC),
-            )
-        )
+def _compared(history: History) -> _Compared:
+    events, rows = history.events, history.selected
+    revisions = events.text("revision")
+    assert revisions.codes is not None
+    return _Compared(
+        rows=rows,
+        revision=revisions.codes[rows],
+        revisions=revisions,
+        outcome=events.outcome[rows],
+        rules=events.recorded_rules.codes[rows],
+        degraded=events.degraded[rows],
+    )
+
+
+def _names(column: Column) -> list[str | None]:
+    """A coded column's text by code, with None last (code -1: absent)."""
+    return [*column.uniques.tolist(), None]
+
+
+def _moment(events: Events, index: int) -> datetime:
+    return datetime.fromtimestamp(int(events.occurred_us[index]) / 1_000_000, UTC)
+
+
+def _hours(events: Events, rows: np.ndarray) -> np.ndarray:
+    """The local hour of day of the events `rows` (China time: a whole number of hours from UTC,
+    so one answer per UTC hour)."""
+    hour_us = 3_600_000_000
+    buckets, inverse = np.unique(events.occurred_us[rows] // hour_us, return_inverse=True)
+    hours = [local_time(datetime.fromtimestamp(int(b) * 3600, UTC)).hour for b in buckets.tolist()]
+    return np.asarray(np.array(hours, dtype=np.int64)[inverse.reshape(-1)])
+
+
+def known_labels(labels: Labels, events: Events, rows: np.ndarray) -> np.ndarray:
+    """`labels.of` for the events `rows`, as one array: 1 fraud, 0 not, -1 not known."""
+    out = np.full(len(rows), 0 if labels.complete else -1, dtype=np.int8)
+    index = pa.array(events.in_table(rows), type=pa.int64())
+    for mapping, name in ((labels.by_request, "request_id"), (labels.by_decision, "decision_id")):
+        if not mapping:
+            continue
+        keys = pa.array(list(mapping), type=pa.string())
+        flags = np.array([1 if flag else 0 for flag in mapping.values()], dtype=np.int8)
+        ids = pc.take(events.table.column(name), index)
+        found = pc.index_in(ids, value_set=keys).fill_null(-1).to_numpy(zero_copy_only=False)
+        out = np.where(found >= 0, flags[np.maximum(found, 0)], out).astype(np.int8)
     return out
 
 
@@ -155,9 +176,9 @@ def compare(
     labels: Labels | None = None,
 ) -> dict[str, Any]:
     """The backtest's report document."""
-    seen = _seen(history)
+    seen = _compared(history)
     reads = _reads((baseline, candidate))
-    known = [labels.of(e.decision_id, e.request_id) for e in seen] if labels is not None else None
+    known = known_labels(labels, history.events, seen.rows) if labels is not None else None
     return {
         "history": {
             "events_read": history.events.n,
@@ -167,8 +188,8 @@ def compare(
             "first_event": history.first.isoformat() if history.first else None,
             "longest_window_seconds": int(history.longest_window.total_seconds()),
             "too_short": history.short,
-            "revisions": dict(Tally(e.revision for e in seen).most_common()),
-            "degraded": sum(e.degraded for e in seen),
+            "revisions": _most_common(seen.revision, _names(seen.revisions)),
+            "degraded": int(seen.degraded.sum()),
         },
         "baseline": _ruleset_summary(baseline, base),
         "candidate": _ruleset_summary(candidate, cand),
@@ -179,8 +200,19 @@ def compare(
     }
 
 
+def _most_common(codes: np.ndarray, names: Sequence[str | None]) -> dict[str | None, int]:
+    """`dict(Counter(values).most_common())` of coded values: by count, ties in order of first appearance."""
+    unique, first, counts = np.unique(codes, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    ranked = sorted(((names[int(unique[i])], int(counts[i])) for i in order), key=lambda kv: kv[1], reverse=True)
+    return dict(ranked)
+
+
 def _ruleset_summary(ruleset: Ruleset, outcomes: Outcomes) -> dict[str, Any]:
-    tally = Tally(v.outcome.label for v in outcomes.verdicts)
+    counts = np.bincount(outcomes.codes, minlength=len(outcomes.distinct))
+    tally: Tally[str] = Tally()
+    for verdict, count in zip(outcomes.distinct, counts.tolist(), strict=True):
+        tally[verdict.outcome.label] += count
     return {
         "directory": ruleset.directory,
         "revision": ruleset.revision,
@@ -195,52 +227,74 @@ def _counter_mismatches(history: History, base: Outcomes, rows: np.ndarray) -> n
     """Which of the events `rows` were given other counter values than the service gave them."""
     recorded = history.events.recorded_counter_columns
     replayed = base.values.columns
-    differ = np.zeros(len(rows), dtype=bool)
+    count = len(rows)
+    # Every event (the usual case): views of the columns, not copies.
+    index: np.ndarray | slice = slice(None) if count == history.events.n and (np.diff(rows) == 1).all() else rows
+    differ = np.zeros(count, dtype=bool)
     for name in set(recorded) | set(replayed):
         a, b = recorded.get(name), replayed.get(name)
-        a_present = a.present[rows] if a is not None else np.zeros(len(rows), dtype=bool)
-        b_present = b.present[rows] if b is not None else np.zeros(len(rows), dtype=bool)
+        a_present = a.present[index] if a is not None else np.zeros(count, dtype=bool)
+        b_present = b.present[index] if b is not None else np.zeros(count, dtype=bool)
         differ |= a_present != b_present
         if a is not None and b is not None:
-            differ |= a_present & b_present & (a.values[rows] != b.values[rows])
+            differ |= a_present & b_present & (a.values[index] != b.values[index])
     return differ
 
 
-def _agreement(history: History, seen: Sequence[_Seen], baseline: Ruleset, base: Outcomes) -> dict[str, Any]:
+def _agreement(history: History, seen: _Compared, baseline: Ruleset, base: Outcomes) -> dict[str, Any]:
     """The baseline against what the service decided, for the events the same revision decided."""
-    same = [position for position, event in enumerate(seen) if event.revision == baseline.revision]
-    rows = np.array([seen[p].index for p in same if not seen[p].degraded], dtype=np.int64)
+    events = history.events
+    code = seen.revisions.code_of(baseline.revision)
+    same = np.flatnonzero(seen.revision == code) if code >= 0 else np.zeros(0, dtype=np.int64)
+    rows = seen.rows[same][~seen.degraded[same]]
     counter_mismatches = int(_counter_mismatches(history, base, rows).sum()) if len(rows) else 0
-    mismatched = 0
+    # Whether a verdict matches the record, once per distinct (verdict, recorded rules, outcome).
+    recorded_rules = events.recorded_rules.distinct
+    combination = (base.codes[same] * len(recorded_rules) + seen.rules[same]) * 256 + seen.outcome[same]
+    unique, inverse = np.unique(combination, return_inverse=True)
+    variants = len(recorded_rules)
+    differs = np.array(
+        [
+            _differs(base.distinct[c // 256 // variants], recorded_rules[c // 256 % variants], c % 256)
+            for c in unique.tolist()
+        ],
+        dtype=bool,
+    )
+    mismatched = same[differs[inverse.reshape(-1)]] if len(same) else same
     examples: list[dict[str, Any]] = []
-    for position in same:
-        event, verdict = seen[position], base.verdicts[position]
-        if verdict.outcome is event.outcome and sorted(verdict.rules) == sorted(event.rules):
-            continue
-        mismatched += 1
-        if len(examples) < EXAMPLES:
-            recorded = history.events.recorded_counters(event.index)
-            values = base.values.values_of(event.index)
-            examples.append(
-                {
-                    "decision_id": event.decision_id,
-                    "occurred_at": event.occurred_at.isoformat(),
-                    "recorded": {"outcome": event.outcome.label, "rules": list(event.rules)},
-                    "replayed": {"outcome": verdict.outcome.label, "rules": list(verdict.rules)},
-                    "counters": {
-                        k: [recorded.get(k), values.get(k)]
-                        for k in sorted(set(recorded) | set(values))
-                        if recorded.get(k) != values.get(k)
-                    },
-                }
-            )
+    for position in mismatched[:EXAMPLES].tolist():
+        index = int(seen.rows[position])
+        verdict = base.distinct[int(base.codes[position])]
+        recorded = events.recorded_counters(index)
+        values = base.values.values_of(index)
+        examples.append(
+            {
+                "decision_id": events.string("decision_id", index),
+                "occurred_at": _moment(events, index).isoformat(),
+                "recorded": {
+                    "outcome": Outcome(int(seen.outcome[position])).label,
+                    "rules": list(recorded_rules[int(seen.rules[position])]),
+                },
+                "replayed": {"outcome": verdict.outcome.label, "rules": list(verdict.rules)},
+                "counters": {
+                    k: [recorded.get(k), values.get(k)]
+                    for k in sorted(set(recorded) | set(values))
+                    if recorded.get(k) != values.get(k)
+                },
+            }
+        )
     return {
         "revision": baseline.revision,
         "compared": len(same),
-        "mismatches": mismatched,
+        "mismatches": len(mismatched),
         "counter_mismatches": counter_mismatches,
         "examples": examples,
     }
+
+
+def _differs(verdict: Verdict, rules: Sequence[str], outcome: int) -> bool:
+    """Whether a replayed verdict is not the recorded outcome and rules (in any order)."""
+    return not (verdict.outcome is Outcome(outcome) and sorted(verdict.rules) == sorted(rules))
 
 
 def _rules(
@@ -248,21 +302,27 @@ def _rules(
     base: Outcomes,
     candidate: Ruleset,
     cand: Outcomes,
-    known: Sequence[bool | None] | None,
+    known: np.ndarray | None,
 ) -> list[dict[str, Any]]:
     ids = sorted(set(baseline.rules) | set(candidate.rules))
-    total_positive = sum(1 for k in known if k) if known is not None else 0
+    total_positive = int((known == 1).sum()) if known is not None else 0
     tallies: dict[str, dict[str, Tally[str]]] = {}
     for name, outcomes in (("baseline", base), ("candidate", cand)):
         tally: dict[str, Tally[str]] = {rule_id: Tally() for rule_id in ids}
-        for position, verdict in enumerate(outcomes.verdicts):
+        size = len(outcomes.distinct)
+        events = np.bincount(outcomes.codes, minlength=size).tolist()
+        if known is not None:
+            positives = np.bincount(outcomes.codes[known == 1], minlength=size).tolist()
+            negatives = np.bincount(outcomes.codes[known == 0], minlength=size).tolist()
+        for code, verdict in enumerate(outcomes.distinct):
             for shown in verdict.rules:
                 rule_id = shown.lstrip("~")
                 if rule_id not in tally:
                     continue  # RISK_DATA_UNAVAILABLE
-                tally[rule_id]["shadow" if shown.startswith("~") else "enforced"] += 1
-                if known is not None and known[position] is not None:
-                    tally[rule_id]["true_positives" if known[position] else "false_positives"] += 1
+                tally[rule_id]["shadow" if shown.startswith("~") else "enforced"] += events[code]
+                if known is not None:
+                    tally[rule_id]["true_positives"] += positives[code]
+                    tally[rule_id]["false_positives"] += negatives[code]
         tallies[name] = tally
     out = []
     for rule_id in ids:
@@ -286,57 +346,105 @@ def _rules(
     return out
 
 
+def _dimensions(events: Events, rows: np.ndarray) -> dict[str, tuple[np.ndarray, Sequence[str | None]]]:
+    """Per dimension of the change report, each of the events `rows`' value as a code, and the
+    text of each code."""
+    institution, outlet, region = (events.text(n) for n in ("institution_id", "outlet_id", "region_code"))
+    assert institution.codes is not None and outlet.codes is not None and region.codes is not None
+    institutions, outlets = _names(institution), _names(outlet)
+    pairs, count = _dense_pairs(institution.codes[rows], outlet.codes[rows])
+    firsts = np.unique(pairs, return_index=True)[1] if len(pairs) else np.zeros(0, dtype=np.int64)
+    first_rows = rows[firsts]
+    outlet_names = [
+        f"{institutions[i]}/{outlets[o]}"
+        for i, o in zip(institution.codes[first_rows].tolist(), outlet.codes[first_rows].tolist(), strict=True)
+    ]
+    assert len(outlet_names) == count
+    return {
+        "kind": (events.kind[rows].astype(np.int64), [kind.value for kind in KINDS]),
+        "institution": (institution.codes[rows].astype(np.int64), institutions),
+        "outlet": (pairs, outlet_names),
+        "region": (region.codes[rows].astype(np.int64), _names(region)),
+        "hour": (_hours(events, rows), [f"{hour:02d}" for hour in range(24)]),
+    }
+
+
+def _dense_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense ids of the (a, b) code pairs (codes from -1 up)."""
+    key = (a.astype(np.int64) + 1) * (int(b.max(initial=-1)) + 2) + (b.astype(np.int64) + 1)
+    unique, inverse = np.unique(key, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), len(unique)
+
+
 def _changes(
     history: History,
-    seen: Sequence[_Seen],
+    seen: _Compared,
     base: Outcomes,
     cand: Outcomes,
     reads: Mapping[str, tuple[str, ...]],
 ) -> dict[str, Any]:
+    events = history.events
     matrix: Tally[str] = Tally()
-    by: dict[str, dict[str, Tally[str]]] = {d: {} for d in ("kind", "institution", "outlet", "region", "hour")}
-    examples: dict[str, list[dict[str, Any]]] = {}
     changed_rules = new_blocks = new_warns = 0
-    for event, before, after in zip(seen, base.verdicts, cand.verdicts, strict=True):
+    # Each distinct (baseline verdict, candidate verdict) pair once.
+    pair = base.codes * len(cand.distinct) + cand.codes
+    unique, inverse, counts = np.unique(pair, return_inverse=True, return_counts=True)
+    changes: list[str] = []  # the change classes met
+    class_of_pair = np.full(len(unique), -1, dtype=np.int64)
+    for number, (code, count) in enumerate(zip(unique.tolist(), counts.tolist(), strict=True)):
+        before, after = base.distinct[code // len(cand.distinct)], cand.distinct[code % len(cand.distinct)]
         if before.rules != after.rules and sorted(before.rules) != sorted(after.rules):
-            changed_rules += 1
+            changed_rules += count
         if before.outcome is after.outcome:
             continue
-        new_blocks += after.outcome is Outcome.BLOCK
-        new_warns += after.outcome is Outcome.WARN and before.outcome is Outcome.ALLOW
+        new_blocks += count * (after.outcome is Outcome.BLOCK)
+        new_warns += count * (after.outcome is Outcome.WARN and before.outcome is Outcome.ALLOW)
         change = _transition(before.outcome, after.outcome)
-        matrix[change] += 1
-        dimensions = {
-            "kind": event.kind.value,
-            "institution": event.institution_id,
-            "outlet": f"{event.institution_id}/{event.outlet_id}",
-            "region": event.region_code,
-            "hour": f"{local_time(event.occurred_at).hour:02d}",
-        }
-        for dimension, value in dimensions.items():
-            by[dimension].setdefault(value, Tally())[change] += 1
-        shown = examples.setdefault(change, [])
-        if len(shown) < EXAMPLES:
+        matrix[change] += count
+        if change not in changes:
+            changes.append(change)
+        class_of_pair[number] = changes.index(change)
+    change_of = class_of_pair[inverse.reshape(-1)] if len(pair) else np.zeros(0, dtype=np.int64)
+    changed = np.flatnonzero(change_of >= 0)
+    classes = change_of[changed]
+    # Per dimension, value -> change -> events, each in order of first appearance (as counted event by event).
+    by: dict[str, dict[str | None, Tally[str]]] = {}
+    for dimension, (codes, names) in _dimensions(events, seen.rows[changed]).items():
+        tallies: dict[str | None, Tally[str]] = {}
+        by[dimension] = tallies
+        key = codes * max(len(changes), 1) + classes
+        keys, first, key_counts = np.unique(key, return_index=True, return_counts=True)
+        for position in np.argsort(first, kind="stable").tolist():
+            value, change_class = divmod(int(keys[position]), max(len(changes), 1))
+            tallies.setdefault(names[value], Tally())[changes[change_class]] += int(key_counts[position])
+    examples: dict[str, list[dict[str, Any]]] = {}
+    met, first_met = np.unique(classes, return_index=True)
+    for change_class in met[np.argsort(first_met, kind="stable")].tolist():
+        shown = examples[changes[change_class]] = []
+        for position in changed[classes == change_class][:EXAMPLES].tolist():
+            index = int(seen.rows[position])
+            before = base.distinct[int(base.codes[position])]
+            after = cand.distinct[int(cand.codes[position])]
             differing = set(before.rules) ^ set(after.rules)
-            names = [n for r in sorted(differing) for n in reads.get(r.lstrip("~"), ())]
-            facts = history.events.facts_of(event.index)
-            values = cand.values.values_of(event.index)
+            names_read = [n for r in sorted(differing) for n in reads.get(r.lstrip("~"), ())]
+            facts = events.facts_of(index)
+            values = cand.values.values_of(index)
             shown.append(
                 {
-                    "decision_id": event.decision_id,
-                    "occurred_at": event.occurred_at.isoformat(),
-                    "kind": event.kind.value,
+                    "decision_id": events.string("decision_id", index),
+                    "occurred_at": _moment(events, index).isoformat(),
+                    "kind": KINDS[events.kind[index]].value,
                     "baseline": {"outcome": before.outcome.label, "rules": list(before.rules)},
                     "candidate": {"outcome": after.outcome.label, "rules": list(after.rules)},
-                    "values": {n: values.get(n, facts.get(n)) for n in dict.fromkeys(names)},
+                    "values": {n: values.get(n, facts.get(n)) for n in dict.fromkeys(names_read)},
                 }
             )
     total = len(seen)
-    changed = sum(matrix.values())
+    changed_count = sum(matrix.values())
     return {
         "events": total,
-        "changed": changed,
-        "changed_share": _share(changed, total),
+        "changed": changed_count,
+        "changed_share": _share(changed_count, total),
         "changed_rules": changed_rules,
         "new_blocks": new_blocks,
         "new_blocks_share": _share(new_blocks, total),
@@ -351,13 +459,13 @@ def _changes(
     }
 
 
-def _label_summary(labels: Labels, known: Sequence[bool | None]) -> dict[str, Any]:
+def _label_summary(labels: Labels, known: np.ndarray) -> dict[str, Any]:
     return {
         "source": labels.source,
         "complete": labels.complete,
-        "positives": sum(1 for k in known if k is True),
-        "negatives": sum(1 for k in known if k is False),
-        "unknown": sum(1 for k in known if k is None),
+        "positives": int((known == 1).sum()),
+        "negatives": int((known == 0).sum()),
+        "unknown": int((known == -1).sum()),
     }
 
 

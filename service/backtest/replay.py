@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from service.backtest.events import KINDS, Column, Events
+from service.backtest.events import KINDS, Column, Events, unify
 from service.domain import EventKind
 from service.pipeline.facts import Scalar
 from service.riskdata.counters import kernels
@@ -146,8 +146,11 @@ def _where_mask(condition: Filter, where: Predicate, facts: Mapping[str, Column]
     codes = []
     for name in names:
         column = facts[name]
-        values = column.values[rows]
-        code = _codes(values) if values.dtype == object else np.unique(values, return_inverse=True)[1].reshape(-1)
+        if column.codes is not None:
+            code = column.codes[rows]
+        else:
+            values = column.values[rows]
+            code = _codes(values) if values.dtype == object else _renumber(values.astype(np.int64))[0]
         codes.append(np.where(column.present[rows], code, -1).astype(np.int64))
     if not codes:
         codes = [np.zeros(len(rows), dtype=np.int64)]
@@ -162,6 +165,8 @@ def _where_mask(condition: Filter, where: Predicate, facts: Mapping[str, Column]
 
 def _given(column: Column) -> np.ndarray:
     """Where a key or member field has a value: present, and not empty text (as the store has it)."""
+    if column.codes is not None:
+        return np.asarray(column.present & (column.codes != column.code_of("")), dtype=bool)
     if column.values.dtype == object:
         return np.asarray(column.present & (column.values != ""), dtype=bool)
     return np.array(column.present, dtype=bool)
@@ -182,22 +187,37 @@ def _codes(values: np.ndarray) -> np.ndarray:
 
 
 def _dense(columns: list[np.ndarray]) -> tuple[np.ndarray, int]:
-    """Dense ids of the tuples formed by equal positions of integer code columns."""
-    if len(columns) == 1:
-        codes = columns[0]
-    else:
-        stacked = np.stack(columns, axis=1)
-        _, codes = np.unique(stacked, axis=0, return_inverse=True)
-        codes = codes.reshape(-1)
-    if len(codes) == 0:
-        return codes.astype(np.int64), 0
-    _, dense = np.unique(codes, return_inverse=True)
-    return dense.reshape(-1).astype(np.int64), int(dense.max()) + 1
+    """Dense ids (0 to count - 1) of the tuples formed by equal positions of integer code columns
+    (codes from -1 up: -1, an absent value, is a code like the others). Which tuple gets which id
+    is arbitrary: ids only tell tuples apart."""
+    ids, count = np.zeros(len(columns[0]) if columns else 0, dtype=np.int64), 1
+    for codes in columns:
+        if not len(codes):
+            return ids, 0
+        shifted = codes.astype(np.int64) + 1
+        ids, count = _renumber(ids * (int(shifted.max()) + 1) + shifted)
+    return ids, count if len(ids) else 0
+
+
+def _renumber(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense ids of equal int64 values, and how many there are: by a table when their range is
+    small, else by Arrow's hash-based dictionary encoding (no sort either way)."""
+    if not len(values):
+        return np.zeros(0, dtype=np.int64), 0
+    low, high = int(values.min()), int(values.max())
+    if high - low <= 4 * len(values) + 1024:
+        used = np.zeros(high - low + 1, dtype=bool)
+        used[values - low] = True
+        ids = np.cumsum(used) - 1
+        return ids[values - low], int(ids[-1]) + 1
+    encoded = pa.array(values).dictionary_encode()
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), len(encoded.dictionary)
 
 
 @dataclass
 class _Steps:
-    """One counter's steps over the history (a reading by one event), in replay order."""
+    """One counter's steps over the history (a reading by one event), grouped by entity (entities
+    in increasing order), in replay order within each entity."""
 
     event: np.ndarray  # the event index
     reading: np.ndarray  # the reading (index into `readings`) the step belongs to
@@ -212,9 +232,12 @@ class _Steps:
     readings: list[_Reading]
 
     @cached_property
-    def by_entity(self) -> np.ndarray:
-        """The steps grouped by entity, in replay order within each (for the `*_runs` kernels)."""
-        return np.argsort(self.entity, kind="stable")
+    def by_reading(self) -> list[tuple[int, np.ndarray | slice]]:
+        """Per reading that has steps: its number and its steps' positions (all: a slice)."""
+        numbers = np.flatnonzero(np.bincount(self.reading, minlength=len(self.readings)))
+        if len(numbers) == 1:
+            return [(int(numbers[0]), slice(None))]
+        return [(int(number), np.flatnonzero(self.reading == number)) for number in numbers]
 
 
 @dataclass(frozen=True)
@@ -248,25 +271,49 @@ class CounterReplay:
         another currency converted at other rates)."""
         self.spec = spec
         self.events = events
-        self.facts = dict(facts) if facts is not None else events.facts
+        self.facts = facts if facts is not None else events.facts
         readings = [r for kind in KINDS for r in _readings(spec, kind)]
+        self._given_masks: dict[str, np.ndarray] = {}
+        self._unified: dict[tuple[str, ...], dict[str, np.ndarray]] = {}
         self._steps = {c.name: self._build(c, [r for r in readings if r.counter is c], where) for c in spec.counters}
+        self._given_masks.clear()
+        self._unified.clear()
+
+    def _given(self, name: str) -> np.ndarray:
+        given = self._given_masks.get(name)
+        if given is None:
+            given = self._given_masks[name] = _given(self.events.value(name))
+        return given
+
+    def _joint_codes(self, names: list[str], rows: list[np.ndarray]) -> np.ndarray:
+        """Codes of the values of field `names[i]` at `rows[i]`, concatenated, equal where the
+        values are equal as the store hashes them (as text)."""
+        columns = [self.events.value(name) for name in names]
+        if all(column.codes is not None for column in columns):
+            distinct = tuple(dict.fromkeys(names))
+            renumbered = self._unified.get(distinct)
+            if renumbered is None:  # fields read together by several counters are renumbered once
+                codes, _ = unify([self.events.value(name) for name in distinct])
+                renumbered = self._unified[distinct] = dict(zip(distinct, codes, strict=True))
+            return np.concatenate([renumbered[name][r] for name, r in zip(names, rows, strict=True)])
+        values = np.concatenate([column.values[r] for column, r in zip(columns, rows, strict=True)])
+        return _codes(values.astype(object))
 
     def _build(self, counter: Counter, readings: list[_Reading], where: Predicate) -> _Steps:
         events = self.events
         parts: list[dict[str, np.ndarray]] = []
-        key_columns: list[list[np.ndarray]] = []
-        members: list[np.ndarray] = []
-        for number, reading in enumerate(readings):
-            kind_index = KINDS.index(reading.kind)
-            mask = events.kind == kind_index
-            keys = [events.value(name) for name in reading.fields]
-            for key in keys:
-                mask &= _given(key)
+        key_rows: list[np.ndarray] = []  # per reading, its events
+        member_rows: list[np.ndarray] = []  # per reading, its events with a member (distinct)
+        # Parts in the script's order, so that sorting by event alone (stable) sorts by (event, order).
+        for number, reading in sorted(enumerate(readings), key=lambda item: item[1].order):
+            mask = events.kind == KINDS.index(reading.kind)
+            for name in reading.fields:
+                mask &= self._given(name)
             rows = np.flatnonzero(mask)
             update = np.zeros(len(rows), dtype=np.int64)
             amount = np.zeros(len(rows), dtype=np.int64)
-            member = np.full(len(rows), None, dtype=object)
+            with_member = rows[:0]
+            member = np.zeros(len(rows), dtype=bool)
             if reading.sign:
                 updating = events.counted[rows].copy()
                 condition = counter.where_for(reading.kind)
@@ -281,52 +328,56 @@ class CounterReplay:
                     updating &= amount > 0  # adding 0 is a read
                 elif counter.aggregate is Aggregate.DISTINCT:
                     assert counter.field is not None
-                    column = events.value(counter.field)
-                    has = _given(column)[rows]
-                    member = column.values[rows].astype(object)
-                    member[~has] = None
-                    updating &= has
+                    member = self._given(counter.field)[rows]
+                    with_member = rows[member]
+                    updating &= member
                 else:
                     amount[:] = 1
                 update = np.where(updating, reading.sign, 0).astype(np.int64)
             parts.append(
                 {
                     "event": rows.astype(np.int64),
-                    "reading": np.full(len(rows), number, dtype=np.int64),
-                    "order": np.full(len(rows), reading.order, dtype=np.int64),
+                    "reading": np.full(len(rows), number, dtype=np.int16),
                     "update": update,
                     "amount": amount,
+                    "member": member,
                 }
             )
-            key_columns.append([key.values[rows] for key in keys])
-            members.append(member)
+            key_rows.append(rows)
+            member_rows.append(with_member)
         merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {}
         if not parts or len(merged["event"]) == 0:
             empty = np.zeros(0, dtype=np.int64)
-            return _Steps(empty, empty, empty, empty, empty, empty, empty, empty.astype(bool), 0, 0, readings)
-        positions = len(readings[0].fields)
-        codes = [_codes(np.concatenate([k[p] for k in key_columns]).astype(object)) for p in range(positions)]
+            return _Steps(
+                empty, empty.astype(np.int16), empty, empty, empty, empty, empty, empty.astype(bool), 0, 0, readings
+            )
+        in_order = [reading for _, reading in sorted(enumerate(readings), key=lambda item: item[1].order)]
+        codes = [self._joint_codes([r.fields[p] for r in in_order], key_rows) for p in range(len(readings[0].fields))]
         entity, entities = _dense(codes)
-        member_values = np.concatenate(members)
-        has_member = np.array([m is not None for m in member_values], dtype=bool)
+        has_member = merged["member"]
         pair = np.zeros(len(entity), dtype=np.int64)
         pairs = 0
         if has_member.any():
-            member_codes = _codes(member_values[has_member].astype(object))
+            assert counter.field is not None
+            member_codes = self._joint_codes([counter.field] * len(member_rows), member_rows)
             pair_ids, pairs = _dense([entity[has_member], member_codes])
             pair[has_member] = pair_ids
-        order = np.lexsort((merged["order"], merged["event"]))
+        in_replay_order = np.argsort(merged["event"], kind="stable")
+        # Grouped by entity, in replay order within each: entities never interact, so every kernel
+        # runs on this order (the `*_runs` ones need it), and the steps are held in it alone.
+        order = in_replay_order[kernels.group_order(entity[in_replay_order], entities)]
         retractable = (
             (bool(counter.decrement_on) or counter.undo_on_block)
             and counter.aggregate in (Aggregate.COUNT, Aggregate.SUM)
             and any(w.all_time for w in counter.windows)
         )
         update = merged["update"][order]
+        event = merged["event"][order]
         return _Steps(
-            event=merged["event"][order],
+            event=event,
             reading=merged["reading"][order],
             entity=entity[order],
-            time=self.events.time[merged["event"][order]],
+            time=self.events.time[event],
             amount=merged["amount"][order],
             update=update,
             pair=pair[order],
@@ -357,16 +408,14 @@ class CounterReplay:
                 started = time.perf_counter()
                 result = self._window(counter, window.seconds, window.granularity, steps, blocked)
                 spent += time.perf_counter() - started
-                for number, reading in enumerate(steps.readings):
-                    mine = steps.reading == number
-                    if not mine.any():
-                        continue
-                    name = reading.names[position]
+                for number, mine in steps.by_reading:
+                    name = steps.readings[number].names[position]
                     column = columns.get(name)
                     if column is None:
                         column = columns[name] = Column(np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool))
-                    column.values[steps.event[mine]] = result[mine]
-                    column.present[steps.event[mine]] = True
+                    rows = steps.event[mine]
+                    column.values[rows] = result[mine]
+                    column.present[rows] = True
                 if counter.aggregate is Aggregate.DISTINCT:
                     approximate[steps.event[result > counter.exact_up_to]] = True
         return Replayed(columns, int(approximate.sum()), spent)
@@ -379,22 +428,17 @@ class CounterReplay:
         if counter.aggregate is Aggregate.IDLE_DAYS:
             return np.asarray(kernels.replay_idle(times, entities, updates, seconds, n))
         if counter.aggregate is Aggregate.DISTINCT or seconds:
-            # Grouped by entity: one ring of buckets, not one per entity (kernels, "by entity").
-            order = steps.by_entity
+            # The steps are grouped by entity: one ring of buckets, not one per entity (kernels, "by entity").
             if not seconds:  # distinct over `all`: one bucket holding every time there is
                 granularity = _ALL_TIME_BUCKET
             buckets = max(1, seconds // granularity)
             if counter.aggregate is Aggregate.DISTINCT:
-                grouped = kernels.replay_distinct_runs(
-                    times[order], entities[order], steps.pair[order], updates[order], granularity, buckets, steps.pairs
+                return np.asarray(
+                    kernels.replay_distinct_runs(
+                        times, entities, steps.pair, updates, granularity, buckets, steps.pairs
+                    )
                 )
-            else:
-                grouped = kernels.replay_windowed_runs(
-                    times[order], entities[order], amounts[order], updates[order], granularity, buckets
-                )
-            out = np.empty(len(order), dtype=np.int64)
-            out[order] = grouped
-            return out
+            return np.asarray(kernels.replay_windowed_runs(times, entities, amounts, updates, granularity, buckets))
         # All-time: a blocked event's retractable increment is taken back right after it.
         if blocked is not None:
             # Online, only a decision that read its counters takes them back (a degraded one cannot).

@@ -57,16 +57,36 @@ class Verdict:
     rules: tuple[str, ...]
 
 
+class _Verdicts:
+    """Distinct verdicts, numbered in the order first met: a batch has few."""
+
+    def __init__(self) -> None:
+        self._codes: dict[Verdict, int] = {}
+
+    def code(self, verdict: Verdict) -> int:
+        return self._codes.setdefault(verdict, len(self._codes))
+
+    @property
+    def distinct(self) -> tuple[Verdict, ...]:
+        return tuple(self._codes)
+
+
 @dataclass(slots=True)
 class Outcomes:
     """One ruleset's verdicts over the evaluated events, and what the replay noticed."""
 
-    verdicts: list[Verdict]  # per evaluated event
+    codes: np.ndarray  # per evaluated event, its verdict: an index into `distinct`
+    distinct: tuple[Verdict, ...]
     values: Replayed  # counters of every event
     rounds: int = 1  # replays until its blocks and its counters agreed
     approximate: int = 0  # events whose distinct() values are HyperLogLog online
     unobserved_checks: dict[str, int] = field(default_factory=dict)  # "list:field" -> events
     engine: str = "durable"
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        """The verdict of each evaluated event."""
+        return [self.distinct[code] for code in self.codes.tolist()]
 
 
 class Engine(enum.StrEnum):
@@ -140,7 +160,9 @@ def evaluate(
     unobserved: Tally[str] = Tally()
     checks = {kind: sorted(active.list_checks_for(kind)) for kind in EventKind}
     observed = observed_checks if observed_checks is not None else active.ruleset.list_checks
-    verdicts: dict[int, Verdict] = {}
+    distinct = _Verdicts()
+    verdicts: dict[int, Verdict] = {}  # durable_rules: by event index
+    codes = np.zeros(len(selected), dtype=np.int64)
     values = replay.run(blocked)
     todo = [int(i) for i in selected]
     rounds = 0
@@ -149,18 +171,18 @@ def evaluate(
         tally = unobserved if rounds == 1 else Tally[str]()  # each event's checks counted once
         if ruleset.vector is not None:
             # Every selected event again: on columns that costs less than finding the changed ones.
-            found = _vector_verdicts(
-                ruleset.vector, ruleset, events, selected, facts, values, observed, fail_outcome, tally
+            codes = _vector_verdicts(
+                ruleset.vector, ruleset, events, selected, facts, values, observed, fail_outcome, tally, distinct
             )
-            verdicts.update(zip(selected.tolist(), found, strict=True))
         else:
             for index in todo:
                 verdicts[index] = _verdict(ruleset, events, index, values, checks, observed, fail_outcome, tally, facts)
+            codes = np.array([distinct.code(verdicts[i]) for i in selected.tolist()], dtype=np.int64)
         if rounds >= _MAX_ROUNDS or not retracting.any():
             break
         now_blocked = blocked.copy()
-        for index, verdict in verdicts.items():
-            now_blocked[index] = verdict.outcome is Outcome.BLOCK
+        blocks = np.array([v.outcome is Outcome.BLOCK for v in distinct.distinct], dtype=bool)
+        now_blocked[selected] = blocks[codes]
         if np.array_equal(now_blocked & retracting, blocked & retracting):
             break
         blocked = now_blocked
@@ -171,7 +193,8 @@ def evaluate(
         if not todo:
             break
     return Outcomes(
-        verdicts=[verdicts[int(i)] for i in selected],
+        codes=codes,
+        distinct=distinct.distinct,
         values=values,
         rounds=rounds,
         approximate=values.approximate,
@@ -180,9 +203,9 @@ def evaluate(
     )
 
 
-def _facts_at_rates(ruleset: Ruleset, events: Events) -> dict[str, Column]:
+def _facts_at_rates(ruleset: Ruleset, events: Events) -> Mapping[str, Column]:
     """The facts columns, with transfers in another currency converted at `ruleset`'s rates."""
-    facts = dict(events.facts)
+    facts = events.facts
     currency = facts.get("transfer.currency")
     original = facts.get("transfer.original_amount_fen")
     amount = facts.get("transfer.amount_fen")
@@ -196,8 +219,7 @@ def _facts_at_rates(ruleset: Ruleset, events: Events) -> dict[str, Column]:
     for index in foreign.tolist():
         with contextlib.suppress(ValidationError):  # no rate for it in these rules: as recorded
             values[index] = rates.cny_fen(int(original.values[index]), str(currency.values[index]))
-    facts["transfer.amount_fen"] = Column(values, amount.present)
-    return facts
+    return events.facts.replacing("transfer.amount_fen", Column(values, amount.present))
 
 
 def _vector_verdicts(
@@ -210,12 +232,15 @@ def _vector_verdicts(
     observed: frozenset[tuple[str, str]],
     fail_outcome: Outcome,
     unobserved: Tally[str],
-) -> list[Verdict]:
-    """The verdicts of the events `selected`, the rules evaluated over columns, a kind at a time."""
-    out: list[Verdict | None] = [None] * len(selected)
+    distinct: _Verdicts,
+) -> np.ndarray:
+    """The verdicts of the events `selected` (codes into `distinct`), the rules evaluated over
+    columns, a kind at a time."""
+    out = np.full(len(selected), -1, dtype=np.int64)
     usable = ~events.degraded  # a degraded decision read no counters and no lists
     counters = {name: Column(c.values, c.present & usable) for name, c in values.columns.items()}
     rules = ruleset.active.ruleset.rules
+    demoted = events.demoted
     kinds = events.kind[selected]
     for kind_index, kind in enumerate(KINDS):
         positions = np.flatnonzero(kinds == kind_index)
@@ -230,26 +255,31 @@ def _vector_verdicts(
                 continue
             present = source.present & usable
             key = f"{name}:{field_name}"
-            hit = np.zeros(events.n, dtype=bool)
-            recorded = events.list_hits
-            hit[rows] = [key in recorded[i] for i in rows.tolist()]
-            hits[check] = Column(hit, present)
+            hits[check] = Column(events.list_hit(key), present)
             if check not in observed:
                 seen = int(present[rows].sum())
                 if seen:
                     unobserved[key] += seen
         columns = Columns.from_arrays(kind, len(rows), facts=facts, counters=counters, list_hits=hits, index=rows)
-        codes, sets = vector.evaluate(kind, columns).combos()
-        shared = [_verdict_of(rules, fired, frozenset(), False, fail_outcome) for fired in sets]
-        demoted = events.demoted
-        degraded = events.degraded
-        for position, row, code in zip(positions.tolist(), rows.tolist(), codes.tolist(), strict=True):
-            if degraded[row] or demoted[row]:
-                out[position] = _verdict_of(rules, sets[code], demoted[row], bool(degraded[row]), fail_outcome)
-            else:
-                out[position] = shared[code]
-    assert all(v is not None for v in out)
-    return [v for v in out if v is not None]
+        fired, sets = vector.evaluate(kind, columns).combos()
+        # One verdict per distinct (fired rules, demoted rules, degraded) of the batch.
+        variants = len(demoted.distinct)
+        combination = (fired.astype(np.int64) * variants + demoted.codes[rows]) * 2 + events.degraded[rows]
+        unique, inverse = np.unique(combination, return_inverse=True)
+        found = np.array(
+            [
+                distinct.code(
+                    _verdict_of(
+                        rules, sets[c // 2 // variants], demoted.distinct[c // 2 % variants], c % 2 == 1, fail_outcome
+                    )
+                )
+                for c in unique.tolist()
+            ],
+            dtype=np.int64,
+        )
+        out[positions] = found[inverse.reshape(-1)]
+    assert (out >= 0).all()
+    return out
 
 
 def _verdict_of(
@@ -305,16 +335,16 @@ def _verdict(
         facts["transfer.amount_fen"] = int(converted.values[index])  # at these rules' rates
     hits: dict[tuple[str, str], bool] = {}
     if not degraded:
-        recorded = events.list_hits[index]
         for check in checks[kind]:
             name, field_name = check
             if not _has(events, field_name, index):
                 continue
             if check not in observed:
                 unobserved[f"{name}:{field_name}"] += 1
-            hits[check] = f"{name}:{field_name}" in recorded
+            hits[check] = bool(events.list_hit(f"{name}:{field_name}")[index])
     fired = ruleset.active.ruleset.fired(facts, {} if degraded else values.value_row(index), hits)
-    return _verdict_of(ruleset.active.ruleset.rules, fired, events.demoted[index], degraded, fail_outcome)
+    demoted = events.demoted.distinct[events.demoted.codes[index]]
+    return _verdict_of(ruleset.active.ruleset.rules, fired, demoted, degraded, fail_outcome)
 
 
 @dataclass(frozen=True, slots=True)

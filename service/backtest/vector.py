@@ -118,6 +118,16 @@ class ColumnLike(Protocol):
     def present(self) -> np.ndarray[Any, Any]: ...
 
 
+class CodedColumnLike(ColumnLike, Protocol):
+    """Text as dictionary codes: `uniques[codes[i]]`, `codes[i]` -1 where absent."""
+
+    @property
+    def codes(self) -> np.ndarray[Any, Any]: ...
+
+    @property
+    def uniques(self) -> np.ndarray[Any, Any]: ...
+
+
 # ------------------------------------------------------------------------------ columns
 
 
@@ -242,7 +252,8 @@ class Columns:
     ) -> Columns:
         """Columns of `n` events of `kind` from arrays (values and present masks) already held, e.g.
         `Events.facts` and `Replayed.columns`: numbers of any integer or float dtype (converted to
-        doubles), yes/no as bool arrays, strings as object arrays. With `index`, the batch is those
+        doubles), yes/no as bool arrays, strings as object arrays or as dictionary codes (a column with
+        `codes` and `uniques`, `CodedColumnLike`: no string is made per event). With `index`, the batch is those
         rows of the arrays (only the columns read are taken). A name with no array is absent; the
         "event" fact is `kind`."""
         if index is not None and len(index) != n:
@@ -291,6 +302,13 @@ class Columns:
             if not isinstance(cached, TextColumn):
                 cached = self._cache[("s", name)] = TextColumn(np.zeros(self.n, dtype=np.intp), (self.kind.value,))
             return cached
+        if self._fact_rows is None and self._fact_arrays is not None:
+            source = self._fact_arrays.get(name)
+            if getattr(source, "codes", None) is not None and ("s", name) not in self._cache:
+                # Text held as dictionary codes (`service.backtest.events.Column`): no string per event.
+                coded = cast(CodedColumnLike, source)
+                codes = coded.codes if self._index is None else coded.codes[self._index]
+                self._cache[("s", name)] = _texts_from_codes(name, np.asarray(codes), coded.uniques)
         return self._column(("s", name), name, self._fact_rows, self._fact_arrays, _texts_from_list, _texts_from_arrays)
 
     def _column(
@@ -396,6 +414,25 @@ def _texts_from_arrays(name: str, values: np.ndarray[Any, Any], present: Mask) -
     setdefault = index.setdefault
     codes[present] = [setdefault(v, len(index)) for v in values[present].tolist()]
     return _factorised(name, codes, list(index))
+
+
+def _texts_from_codes(name: str, codes: np.ndarray[Any, Any], uniques: np.ndarray[Any, Any]) -> TextColumn:
+    """A TextColumn from dictionary codes (-1 where absent) into `uniques`, the distinct strings
+    (only those the batch has are kept and checked)."""
+    if len(codes) != 0 and int(codes.max()) >= len(uniques):
+        raise ValueError(f"{name}: a code beyond the {len(uniques)} strings")
+    present = codes >= 0
+    used = np.flatnonzero(np.bincount(codes[present], minlength=len(uniques)))
+    table = np.full(len(uniques) + 1, -1, dtype=np.intp)  # the last: code -1
+    table[used] = np.arange(len(used))
+    keys = [str(u) for u in uniques[used].tolist()]
+    try:
+        for key in keys:
+            _check_string(name, key)
+    except EvaluationError:
+        # Name the first refused string in event order, as `_texts_from_arrays` does.
+        return _texts_from_arrays(name, np.asarray(uniques, dtype=object)[np.maximum(codes, 0)], present)
+    return TextColumn(table[codes], tuple(keys))
 
 
 def _factorised(name: str, codes: Codes, keys: list[object]) -> TextColumn:

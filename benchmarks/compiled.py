@@ -22,8 +22,9 @@ appends (so a cycled request is screened again, not answered from the idempotenc
 2. latency at half the screening throughput: open loop (Poisson arrivals) at that offered rate,
    p50 / p99 from the client's clock (from each call's send; the p99 from its scheduled time and
    the send slip beside it); then echo at the same rate.
-3. ScreenStream against the echo stream: `streams` ping-pong streams; events/s and server CPU per
-   event, medians over interleaved rounds.
+3. ScreenStream against the echo stream: `streams` ping-pong streams, then `streams` streams with
+   `stream_depth` messages in flight on each (a client streaming what it has: the server screens
+   what has arrived as a batch); events/s and server CPU per event, medians over interleaved rounds.
 
 Prints one line per phase; `run_part` returns the figures (keys `compiled.*`) for
 benchmarks/results/latest.json. Loopback only.
@@ -63,6 +64,7 @@ class CompiledConfig:
     latency_seconds: float = 20.0
     stream_rounds: int = 3
     streams: int = 16
+    stream_depth: int = 64
     pool_events: int = 20_000
     seed: int = 1
 
@@ -187,10 +189,13 @@ def drive(
     unique_ids: str | None = None,
     watch_pids: Sequence[int] = (),
     metadata: Sequence[tuple[str, str]] = (),
+    depth: int = 1,
 ) -> Json:
-    """Run the compiled client once; its JSON line as a dict."""
+    """Run the compiled client once; its JSON line as a dict (`depth`: messages in flight per stream)."""
     argv = [str(binary()), "--target", target, "--method", method, "--requests", str(requests), "--mode", mode]
     argv += ["--inflight", str(inflight), "--channels", str(channels), "--warmup", str(warmup)]
+    if depth != 1:
+        argv += ["--depth", str(depth)]
     if count is not None:
         argv += ["--count", str(count)]
     if seconds is not None:
@@ -362,32 +367,38 @@ def half_load(s: _Session, screen_rps: float) -> Json:
     return out
 
 
-def streams(s: _Session) -> Json:
+def streams(s: _Session, depth: int = 1) -> Json:
+    """ScreenStream against the echo stream, `depth` messages in flight per stream: with depth 1
+    the keys `compiled.stream_*`, else `compiled.stream_deep_*`."""
     screens: list[ClientRun] = []
     echoes: list[ClientRun] = []
-    options: Json = {"mode": "stream", "inflight": s.cfg.streams}
+    options: Json = {"mode": "stream", "inflight": s.cfg.streams, "depth": depth}
+    name, shape = ("stream", "ping-pong") if depth == 1 else (f"stream{depth}", f"{depth} in flight on each")
     for round_ in range(s.cfg.stream_rounds):
-        echoes.append(s.run("echo", f"echo-stream{round_ + 1}", **options))
-        screens.append(s.run("screen", f"screen-stream{round_ + 1}", **options))
+        echoes.append(s.run("echo", f"echo-{name}-{round_ + 1}", **options))
+        screens.append(s.run("screen", f"screen-{name}-{round_ + 1}", **options))
     eps, echo_mps = median([r.rps for r in screens]), median([r.rps for r in echoes])
     cpu_ratios = [_ratio(sc.server_cpu_us, ec.server_cpu_us) for sc, ec in zip(screens, echoes, strict=True)]
+    key = "compiled.stream" if depth == 1 else "compiled.stream_deep"
     out: Json = {
-        "compiled.stream_eps": round(eps),
-        "compiled.echo_stream_mps": round(echo_mps),
-        "compiled.stream_ratio": rounded(_ratio(eps, echo_mps), 3),
-        "compiled.stream_streams": s.cfg.streams,
-        "compiled.stream_server_cpu_us_per_event": rounded(median([r.server_cpu_us for r in screens])),
-        "compiled.echo_stream_server_cpu_us_per_message": rounded(median([r.server_cpu_us for r in echoes])),
-        "compiled.stream_server_cpu_ratio": rounded(median(cpu_ratios), 2),
-        "compiled.stream_client_core_fraction": rounded(median([r.client_core_fraction for r in screens]), 2),
-        "compiled.stream_errors": sum(r.errors for r in screens + echoes),
-        "compiled.stream_runs": [r.describe() for r in echoes + screens],
+        f"{key}_eps": round(eps),
+        f"{key}_echo_mps": round(echo_mps),
+        f"{key}_ratio": rounded(_ratio(eps, echo_mps), 3),
+        f"{key}_streams": s.cfg.streams,
+        f"{key}_depth": depth,
+        f"{key}_server_cpu_us_per_event": rounded(median([r.server_cpu_us for r in screens])),
+        f"{key}_echo_server_cpu_us_per_message": rounded(median([r.server_cpu_us for r in echoes])),
+        f"{key}_server_cpu_ratio": rounded(median(cpu_ratios), 2),
+        f"{key}_client_core_fraction": rounded(median([r.client_core_fraction for r in screens]), 2),
+        f"{key}_degraded_share": median([float(r.extra.get("degraded_share", 0.0)) for r in screens]),
+        f"{key}_errors": sum(r.errors for r in screens + echoes),
+        f"{key}_runs": [r.describe() for r in echoes + screens],
     }
     _print(
-        f"compiled client, ScreenStream ({s.cfg.streams} ping-pong streams): {eps:.0f} events/s vs echo stream "
+        f"compiled client, ScreenStream ({s.cfg.streams} streams, {shape}): {eps:.0f} events/s vs echo stream "
         f"{echo_mps:.0f} msg/s = {out['compiled.stream_ratio']}; server "
-        f"{out['compiled.stream_server_cpu_us_per_event']} us/event vs "
-        f"{out['compiled.echo_stream_server_cpu_us_per_message']} us/msg = {out['compiled.stream_server_cpu_ratio']}"
+        f"{out[f'{key}_server_cpu_us_per_event']} us/event vs "
+        f"{out[f'{key}_echo_server_cpu_us_per_message']} us/msg = {out[f'{key}_server_cpu_ratio']}"
     )
     return out
 
@@ -402,6 +413,7 @@ def bench(cfg: CompiledConfig, requests: Path) -> Json:
         out = saturation(s)
         out.update(half_load(s, float(out["compiled.screen_rps"])))
         out.update(streams(s))
+        out.update(streams(s, depth=cfg.stream_depth))
     return out
 
 

@@ -300,6 +300,7 @@ class Server:
         env.update(
             RISKGATE_LISTEN=self.address,
             RISKGATE_METRICS_LISTEN="off",
+            RISKGATE_CONSOLE_LISTEN="off",
             RISKGATE_DATA_DIR=str(self.workdir / "data"),
             RISKGATE_HASH_SECRET_FILE=str(secret),
             RISKGATE_RULES_DIR=str(self.checkout.root / "rules"),

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, one summary line each, all figures in benchmarks/results/latest.json.
 
-    python -m benchmarks.run [--quick] [--only e2e,rules,...,backtest,console,compiled] [--out PATH]
+    python -m benchmarks.run [--quick] [--only e2e,rules,...,backtest,console,compiled,workers] [--out PATH]
 
 1. end to end (`benchmarks.e2e`): unary Screen at saturation against the echo baseline, latency at
    half that load, ScreenStream against the echo stream, and the server's memory;
@@ -32,10 +32,13 @@
    server driven by the compiled C++ load generator, interleaved rounds at saturation; the figure
    to steer by, server CPU per screening ÷ echo server CPU per call (`compiled.server_cpu_ratio`),
    beside the throughput ratio, what saturated first, p99 at half load and ScreenStream (~3 minutes,
-   `--quick` ~1).
+   `--quick` ~1);
+13. workers (`benchmarks.workers_bench`, the same client): RISKGATE_WORKERS=1 against 2, interleaved
+   rounds: throughput and server CPU per screening; and, with 2, the busier worker's share of the
+   screenings at 2, 4 and 16 client connections, fresh ones each run (~2 minutes, `--quick` ~1).
 
-Loopback only; bounded (about 31 minutes on a 2-core machine, of which the soak about 16 at
-~1,050 screenings/s; `--quick` about 7, the soak 150,000 screenings). Every result
+Loopback only; bounded (about 33 minutes on a 2-core machine, of which the soak about 16 at
+~1,050 screenings/s; `--quick` about 8, the soak 150,000 screenings). Every result
 carries the versions (Python, grpcio, redis-server, durable_rules, zen-engine, ...) and the machine
 (cores, CPU model). The machines are shared and noisy: compare ratios from one run, not absolute
 figures across runs.
@@ -67,6 +70,7 @@ from benchmarks import (
     mux_bench,
     rules_bench,
     soak,
+    workers_bench,
 )
 from benchmarks.common import LATEST, REPO, Json, git_revision, machine, versions, write_results
 
@@ -83,6 +87,7 @@ PARTS = (
     "backtest",
     "console",
     "compiled",
+    "workers",
 )
 _COUNTERS_TIMEOUT = 240
 
@@ -129,6 +134,7 @@ RUNNERS: dict[str, Callable[[bool], Json]] = {
     "backtest": backtest_bench.run_part,
     "console": console_bench.run_part,
     "compiled": compiled.run_part,
+    "workers": workers_bench.run_part,
 }
 
 

@@ -167,6 +167,7 @@ class ScreeningStack:
         env.update(
             RISKGATE_LISTEN=self.address,
             RISKGATE_METRICS_LISTEN=self.metrics_address,
+            RISKGATE_CONSOLE_LISTEN="off",
             RISKGATE_REDIS_URL=self.redis.url,
             RISKGATE_HASH_SECRET_FILE=str(secret),
             RISKGATE_REDIS_BUDGET_MS=str(self.budget_ms),

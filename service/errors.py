@@ -99,6 +99,10 @@ class RedisLaunchError(RiskgateError):
     """The embedded redis-server could not be found or started."""
 
 
+class WorkerError(RiskgateError):
+    """A serving process of several (RISKGATE_WORKERS) could not be started, or exited before serving."""
+
+
 # --- rule files: conditions, patterns, templates, the durable compilation -----------------
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -106,6 +107,18 @@ def _positive_int(value: str, name: str) -> int:
     return int(value)
 
 
+MAX_WORKERS = 64
+
+
+def _workers(value: str, name: str) -> int:
+    """A number of serving processes, or `auto`: one per core this process may run on."""
+    if value.strip().lower() == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    if not value.isdigit() or not 1 <= int(value) <= MAX_WORKERS:
+        raise ConfigError(f"{name}={value!r}: expected auto or a whole number from 1 to {MAX_WORKERS}")
+    return int(value)
+
+
 def _bool(value: str, name: str) -> bool:
     lowered = value.strip().lower()
     if lowered not in ("true", "false", "1", "0", "yes", "no"):
@@ -189,6 +202,13 @@ SETTINGS: dict[str, SettingDoc] = {
         _address,
         "gRPC listen address, host:port or unix:/path. Not loopback: needs TLS (or RISKGATE_ALLOW_PLAINTEXT) "
         "and a policy file.",
+    ),
+    "workers": SettingDoc(
+        "RISKGATE_WORKERS",
+        "1",
+        _workers,
+        "Serving processes sharing the gRPC port (SO_REUSEPORT; the kernel spreads connections, not calls), "
+        "one per core: `auto` is one per core this process may use, at most 64. 1: a single process.",
     ),
     "tls_cert": SettingDoc(
         "RISKGATE_TLS_CERT",
@@ -330,6 +350,13 @@ SETTINGS: dict[str, SettingDoc] = {
         "`true` serves /metrics over HTTPS with RISKGATE_TLS_CERT and _KEY (and, with "
         "RISKGATE_TLS_CLIENT_CA, requires client certificates); read at start.",
     ),
+    "console_listen": SettingDoc(
+        "RISKGATE_CONSOLE_LISTEN",
+        "127.0.0.1:8090",
+        _optional_address,
+        "Monitoring web console HTTP address, host:port; `off` disables it. HTTPS with RISKGATE_TLS_CERT "
+        "and _KEY when they are set. Not loopback: needs them and a policy file.",
+    ),
     "log_level": SettingDoc("RISKGATE_LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING or ERROR."),
     "log_format": SettingDoc("RISKGATE_LOG_FORMAT", "json", _log_format, "`json` (one object per line) or `text`."),
     "grace_seconds": SettingDoc(
@@ -349,7 +376,8 @@ SETTINGS: dict[str, SettingDoc] = {
         "RISKGATE_MAX_CONCURRENT_RPCS",
         "2000",
         _positive_int,
-        "Calls (open streams included) served at once; more are refused with RESOURCE_EXHAUSTED.",
+        "Calls (open streams included) served at once, per serving process (RISKGATE_WORKERS); more are "
+        "refused with RESOURCE_EXHAUSTED.",
     ),
     "max_streams_per_connection": SettingDoc(
         "RISKGATE_MAX_STREAMS_PER_CONNECTION",
@@ -394,6 +422,7 @@ SETTINGS: dict[str, SettingDoc] = {
 @dataclass(frozen=True, slots=True)
 class Settings:
     listen: str
+    workers: int
     tls_cert: Path | None
     tls_key: Path | None
     tls_client_ca: Path | None
@@ -417,6 +446,7 @@ class Settings:
     hash_secret_file: Path | None
     metrics_listen: str
     metrics_tls: bool
+    console_listen: str  # "": no console
     log_level: LogLevel
     log_format: LogFormat
     grace_seconds: float
@@ -473,6 +503,22 @@ class Settings:
             raise ConfigError(
                 f"RISKGATE_LISTEN={settings.listen} is not a loopback address: set RISKGATE_POLICY_FILE (who may "
                 "call what); without one only loopback and Unix-socket callers are served"
+            )
+        console = settings.console_listen
+        if console and not is_loopback(console) and settings.tls_cert is None:
+            raise ConfigError(
+                f"RISKGATE_CONSOLE_LISTEN={console} is not a loopback address and TLS is off: set RISKGATE_TLS_CERT "
+                "and RISKGATE_TLS_KEY (the console is then served over HTTPS)"
+            )
+        if console and not is_loopback(console) and settings.policy_file is None:
+            raise ConfigError(
+                f"RISKGATE_CONSOLE_LISTEN={console} is not a loopback address: set RISKGATE_POLICY_FILE (who may "
+                "see the console); without one only loopback callers are served"
+            )
+        if settings.workers > 1 and settings.listen.startswith("unix:"):
+            raise ConfigError(
+                f"RISKGATE_WORKERS={settings.workers} needs a host:port RISKGATE_LISTEN: the processes share a TCP "
+                "port, and a Unix socket cannot be shared"
             )
         if settings.tokens_file is not None and settings.policy_file is None:
             raise ConfigError("RISKGATE_TOKENS_FILE needs RISKGATE_POLICY_FILE (which principal holds which token)")

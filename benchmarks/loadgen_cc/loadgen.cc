@@ -9,7 +9,9 @@
 //   open    unary at a fixed offered --rate (Poisson arrivals), whatever the answers do; besides the
 //           latency from the send, the p99 counted from the scheduled time and the send slip (gRPC
 //           wakes a waiting completion queue to the millisecond, so sends slip by about that);
-//   stream  --inflight bidirectional streams, one message in flight on each (ping-pong).
+//   stream  --inflight bidirectional streams, --depth messages in flight on each (1, the default:
+//           ping-pong; more: the next messages are written before the answers come, as a client
+//           that streams what it has does).
 //
 // A run lasts --warmup seconds unmeasured, then --seconds measured, or --count measured calls
 // (messages, for streams). Calls sent in the measured phase are counted when they complete, and
@@ -32,6 +34,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <deque>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -50,7 +53,7 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kUsage =
     "usage: loadgen --target 127.0.0.1:PORT --method /pkg.Service/Method --requests FILE\n"
     "               [--mode unary|open|stream] [--inflight N] [--channels N] [--rate R]\n"
-    "               [--seconds S | --count N] [--warmup S] [--timeout S] [--max-outstanding N]\n"
+    "               [--seconds S | --count N] [--warmup S] [--timeout S] [--max-outstanding N] [--depth N]\n"
     "               [--metadata key=value]... [--unique-ids PREFIX] [--watch-pid PID]... [--seed N]\n";
 
 class UsageError : public std::runtime_error {
@@ -70,6 +73,7 @@ struct Options {
   double warmup = 0;
   double timeout = 10;
   uint64_t max_outstanding = 10000;
+  int depth = 1;  // stream mode: messages in flight per stream
   std::vector<std::pair<std::string, std::string>> metadata;
   std::string unique_ids;
   std::vector<int> watch_pids;
@@ -129,6 +133,8 @@ Options ParseOptions(int argc, char** argv) {
       o.timeout = ParseNumber(flag, value);
     } else if (flag == "--max-outstanding") {
       o.max_outstanding = static_cast<uint64_t>(ParseNumber(flag, value));
+    } else if (flag == "--depth") {
+      o.depth = static_cast<int>(ParseNumber(flag, value));
     } else if (flag == "--metadata") {
       const size_t eq = value.find('=');
       if (eq == std::string::npos || eq == 0) throw UsageError("--metadata: expected key=value, got " + value);
@@ -152,6 +158,8 @@ Options ParseOptions(int argc, char** argv) {
   if (o.mode != "unary" && o.mode != "open" && o.mode != "stream") throw UsageError("--mode: unary, open or stream");
   if ((o.mode == "open") != (o.rate > 0)) throw UsageError("--rate goes with --mode open, and only with it");
   if (o.inflight < 1 || o.channels < 1) throw UsageError("--inflight and --channels must be >= 1");
+  if (o.depth < 1) throw UsageError("--depth must be >= 1");
+  if (o.depth > 1 && o.mode != "stream") throw UsageError("--depth goes with --mode stream, and only with it");
   if (o.count == 0 && o.seconds <= 0) throw UsageError("--seconds must be > 0 (or give --count)");
   if (o.unique_ids.size() > 100) throw UsageError("--unique-ids: at most 100 characters");
   return o;
@@ -291,15 +299,25 @@ struct UnaryCall {
   bool measured = false;
 };
 
+struct Stream;
+
+// A stream has up to one write and one read outstanding at once: each completes on a tag of its own.
+struct StreamTag {
+  enum class Op { kStart, kWrite, kRead, kClose, kFinish };
+  Stream* stream;
+  Op op;
+};
+
 struct Stream {
-  enum class State { kStarting, kWriting, kReading, kClosing, kFinishing };
   grpc::ClientContext context;
   std::unique_ptr<grpc::GenericClientAsyncReaderWriter> rw;
   grpc::ByteBuffer reply;
   grpc::Status status;
-  State state = State::kStarting;
-  Clock::time_point sent_at;
-  bool awaiting_measured = false;  // a measured message written, its answer not read yet
+  StreamTag start{this, StreamTag::Op::kStart}, write{this, StreamTag::Op::kWrite}, read{this, StreamTag::Op::kRead},
+      close{this, StreamTag::Op::kClose}, finish{this, StreamTag::Op::kFinish};
+  bool writing = false, reading = false, closing = false, failed = false;
+  // The messages written and not answered yet, oldest first: when each was sent, and whether it is measured.
+  std::deque<std::pair<Clock::time_point, bool>> awaiting;
 };
 
 class Runner {
@@ -353,6 +371,7 @@ class Runner {
     const double sys = end_.sys - begin_.sys;
     std::ostringstream out;
     out << "{\"mode\":\"" << o_.mode << "\",\"method\":\"" << o_.method << "\",\"inflight\":" << o_.inflight
+        << ",\"depth\":" << o_.depth
         << ",\"channels\":" << o_.channels << ",\"rate\":" << (o_.rate > 0 ? Number(o_.rate) : "null")
         << ",\"sent\":" << sent_ << ",\"ok\":" << ok_ << ",\"errors\":{";
     const char* sep = "";
@@ -484,50 +503,71 @@ class Runner {
 
   // ----------------------------------------------------------------------------------- streams
 
-  void Write(Stream* s) {
-    s->awaiting_measured = phase_ == Phase::kMeasure;
-    if (s->awaiting_measured) ++sent_;
-    s->state = Stream::State::kWriting;
-    s->sent_at = Clock::now();
-    s->rw->Write(requests_.Next(), s);
-    Advance(s->sent_at);
-  }
-
-  void Close(Stream* s) {
-    s->state = Stream::State::kClosing;
-    s->rw->WritesDone(s);
+  // Writes while the stream has fewer than --depth messages in flight (one write at a time), reads
+  // while any is unanswered, and closes once sending is over and every answer is in.
+  void Pump(Stream* s) {
+    if (s->closing) return;
+    if (s->failed) {
+      if (!s->writing && !s->reading) Finish(s);
+      return;
+    }
+    if (!s->writing && Sending() && static_cast<int>(s->awaiting.size()) < o_.depth) {
+      const Clock::time_point now = Clock::now();
+      const bool measured = phase_ == Phase::kMeasure;
+      if (measured) ++sent_;
+      s->awaiting.emplace_back(now, measured);
+      s->writing = true;
+      s->rw->Write(requests_.Next(), &s->write);
+      Advance(now);
+    }
+    if (!s->reading && !s->awaiting.empty()) {
+      s->reading = true;
+      s->rw->Read(&s->reply, &s->read);
+    }
+    if (!Sending() && !s->writing && !s->reading && s->awaiting.empty()) {
+      s->closing = true;
+      s->rw->WritesDone(&s->close);
+    }
   }
 
   void Finish(Stream* s) {
-    s->state = Stream::State::kFinishing;
-    s->rw->Finish(&s->status, s);
+    s->closing = true;
+    s->rw->Finish(&s->status, &s->finish);
   }
 
-  void OnStream(Stream* s, bool ok, Clock::time_point now) {
-    switch (s->state) {
-      case Stream::State::kStarting:
-        if (!ok) return Finish(s);
-        return Sending() ? Write(s) : Close(s);
-      case Stream::State::kWriting:
-        if (!ok) return Finish(s);
-        s->state = Stream::State::kReading;
-        return s->rw->Read(&s->reply, s);
-      case Stream::State::kReading:
-        if (!ok) return Finish(s);
-        Note(s->awaiting_measured, true, grpc::StatusCode::OK, s->sent_at, now);
-        s->awaiting_measured = false;
-        return Sending() ? Write(s) : Close(s);
-      case Stream::State::kClosing:
+  void OnStream(StreamTag* tag, bool ok, Clock::time_point now) {
+    Stream* s = tag->stream;
+    switch (tag->op) {
+      case StreamTag::Op::kStart:
+        s->failed = !ok;
+        return Pump(s);
+      case StreamTag::Op::kWrite:
+        s->writing = false;
+        s->failed = s->failed || !ok;
+        return Pump(s);
+      case StreamTag::Op::kRead:
+        s->reading = false;
+        if (!ok) {
+          s->failed = true;
+        } else {
+          Note(s->awaiting.front().second, true, grpc::StatusCode::OK, s->awaiting.front().first, now);
+          s->awaiting.pop_front();
+        }
+        return Pump(s);
+      case StreamTag::Op::kClose:
         return Finish(s);
-      case Stream::State::kFinishing: {
+      case StreamTag::Op::kFinish: {
         std::unique_ptr<Stream> done(s);
         --outstanding_;
         const grpc::StatusCode code = s->status.ok() ? grpc::StatusCode::UNKNOWN : s->status.error_code();
-        if (s->awaiting_measured) {
-          Note(true, false, code, s->sent_at, now);  // its message was never answered
-        } else if (!s->status.ok() && phase_ != Phase::kWarmup) {
-          ++errors_[CodeName(code)];
+        bool counted = false;
+        for (const auto& [sent_at, measured] : s->awaiting) {
+          if (measured) {
+            Note(true, false, code, sent_at, now);  // its message was never answered
+            counted = true;
+          }
         }
+        if (!counted && !s->status.ok() && phase_ != Phase::kWarmup) ++errors_[CodeName(code)];
         return;
       }
     }
@@ -538,7 +578,7 @@ class Runner {
       auto* s = new Stream;
       for (const auto& [key, value] : o_.metadata) s->context.AddMetadata(key, value);
       s->rw = NextStub().PrepareCall(&s->context, o_.method, &cq_);
-      s->rw->StartCall(s);
+      s->rw->StartCall(&s->start);
       ++outstanding_;
     }
     while (outstanding_ > 0) {
@@ -547,7 +587,7 @@ class Runner {
       const auto got = cq_.AsyncNext(&tag, &ok, SystemTime(Boundary()));
       const Clock::time_point now = Clock::now();
       Advance(now);
-      if (got == grpc::CompletionQueue::GOT_EVENT) OnStream(static_cast<Stream*>(tag), ok, now);
+      if (got == grpc::CompletionQueue::GOT_EVENT) OnStream(static_cast<StreamTag*>(tag), ok, now);
       if (got == grpc::CompletionQueue::SHUTDOWN) break;
     }
   }

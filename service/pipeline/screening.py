@@ -1,5 +1,11 @@
 """The screening pipeline: validated request → risk data → rules → decision → record.
 
+`Screener.screen` decides one request; `Screener.screen_many` decides several (what a stream has
+sent) with one risk-data exchange for all their observations and one for all their records, as if
+one at a time: the store observes a prefix that needs no earlier one's record (see
+`RiskData.observe_many`), and the rest waits until that prefix is recorded. `screen` is a batch
+of one.
+
 Data flows one way. This module knows no protobuf and no Redis: the risk-data
 store (counters, watchlists, idempotency, decision log) and the rule
 evaluator are behind the two small interfaces below, and the clock is
@@ -17,6 +23,7 @@ from typing import Protocol
 
 from service.clock import Clock
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
+from service.errors import InternalError, RiskgateError
 from service.pipeline.breakers import demote
 from service.pipeline.facts import Scalar, facts, identifiers
 from service.pipeline.money import ExchangeRates
@@ -61,22 +68,42 @@ class Observation:
     demoted: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class Sighting:
+    """A request as the risk-data store counts it: its facts (at the rules' rates), its identifiers
+    and the watchlist checks its rules make."""
+
+    request: ScreenRequest
+    facts: Mapping[str, Scalar]
+    ids: Mapping[str, str]
+    list_checks: Collection[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """A decision to record, with what it was decided on."""
+
+    sighting: Sighting
+    decision: Decision
+    observation: Observation
+
+
 class RiskData(Protocol):
-    async def observe(
-        self,
-        request: ScreenRequest,
-        facts: Mapping[str, Scalar],
-        ids: Mapping[str, str],
-        list_checks: Collection[tuple[str, str]],
-        deadline: float | None = None,
-    ) -> Observation:
-        """Count the request and read what the rules need; `deadline` is on the clock's monotonic scale."""
+    async def observe_many(
+        self, sightings: Sequence[Sighting], deadline: float | None = None
+    ) -> Sequence[Observation | RiskgateError]:
+        """Count the requests, in order, and read what their rules need, in one exchange; each
+        request's reads see the counts of those before it. Answers a prefix of `sightings` (at least
+        one): the store stops before a request that must see an earlier one's record (the same
+        request_id again; counters an earlier one's BLOCK would take back), to be observed after
+        the prefix is recorded. A request the store refuses (a request_id reused for another
+        request, a retry whose first attempt is still deciding) has the error in its place.
+        `deadline` is on the clock's monotonic scale."""
         ...
 
-    async def record(
-        self, request: ScreenRequest, decision: Decision, observation: Observation, ids: Mapping[str, str]
-    ) -> None:
-        """Keep the decision for retries and log it. Never fails the screening."""
+    async def record_many(self, decided: Sequence[Decided]) -> None:
+        """Keep the decisions for retries and log them, in order, in one exchange. Never fails the
+        screening."""
         ...
 
 
@@ -105,33 +132,71 @@ class Screener:
 
     async def screen(self, request: ScreenRequest, deadline: float | None = None) -> Decision:
         """Decide one request. `deadline` (monotonic seconds) bounds the time spent waiting on risk data."""
+        (decided,) = await self.screen_many([request], deadline)
+        if isinstance(decided, RiskgateError):
+            raise decided
+        return decided
+
+    async def screen_many(
+        self, requests: Sequence[ScreenRequest], deadline: float | None = None
+    ) -> list[Decision | RiskgateError]:
+        """Decide requests in order, exactly as one at a time would; a request refused (a currency
+        without a rate, a request_id reused) has its error in its place."""
         started = self._clock.monotonic()
-        ids = identifiers(request)
+        decided: list[Decision | RiskgateError | None] = [None] * len(requests)
         with self._session() as session:
             rules, risk_data = session.rules, session.risk_data
-            # Amounts at the rates of these rules; a currency without a rate is refused here,
-            # before anything is counted.
-            request_facts = facts(request, rules.rates)
-            observation = await risk_data.observe(
-                request, request_facts, ids, rules.list_checks_for(request.kind), deadline
-            )
-            if observation.previous is not None:
-                return observation.previous
-            # With data missing, counters and list hits are absent: rules that need them do not fire.
-            reasons = list(rules.evaluate(request_facts, observation.counters, observation.list_hits))
-            if observation.demoted:
-                reasons = demote(reasons, observation.demoted)
-            if observation.degraded:
-                reasons.append(unavailable_reason(self._fail_outcome))
-            decision = decide(
-                request_id=request.request_id,
-                decision_id=self._new_id(),
-                kind=request.kind,
-                reasons=reasons,
-                ruleset_revision=rules.revision,
-                degraded=observation.degraded,
-                decided_at=self._clock.now(),
-                evaluation_time=timedelta(seconds=self._clock.monotonic() - started),
-            )
-            await risk_data.record(request, decision, observation, ids)
-        return decision
+            waiting: list[tuple[int, Sighting]] = []
+            for index, request in enumerate(requests):
+                try:
+                    # Amounts at the rates of these rules; a currency without a rate is refused
+                    # here, before anything is counted.
+                    request_facts = facts(request, rules.rates)
+                except RiskgateError as error:
+                    decided[index] = error
+                    continue
+                sighting = Sighting(request, request_facts, identifiers(request), rules.list_checks_for(request.kind))
+                waiting.append((index, sighting))
+            while waiting:
+                observations = await risk_data.observe_many([sighting for _, sighting in waiting], deadline)
+                to_record: list[Decided] = []
+                for (index, sighting), observation in zip(waiting, observations, strict=False):
+                    if isinstance(observation, RiskgateError):
+                        decided[index] = observation
+                    elif observation.previous is not None:
+                        decided[index] = observation.previous
+                    else:
+                        decision = self._decide(rules, sighting.request, sighting.facts, observation, started)
+                        to_record.append(Decided(sighting, decision, observation))
+                        decided[index] = decision
+                if to_record:
+                    await risk_data.record_many(to_record)
+                if not observations:
+                    raise InternalError("the risk-data store observed none of the requests")
+                waiting = waiting[len(observations) :]
+        return [d if d is not None else InternalError("not decided") for d in decided]
+
+    def _decide(
+        self,
+        rules: RuleEvaluator,
+        request: ScreenRequest,
+        request_facts: Mapping[str, Scalar],
+        observation: Observation,
+        started: float,
+    ) -> Decision:
+        # With data missing, counters and list hits are absent: rules that need them do not fire.
+        reasons = list(rules.evaluate(request_facts, observation.counters, observation.list_hits))
+        if observation.demoted:
+            reasons = demote(reasons, observation.demoted)
+        if observation.degraded:
+            reasons.append(unavailable_reason(self._fail_outcome))
+        return decide(
+            request_id=request.request_id,
+            decision_id=self._new_id(),
+            kind=request.kind,
+            reasons=reasons,
+            ruleset_revision=rules.revision,
+            degraded=observation.degraded,
+            decided_at=self._clock.now(),
+            evaluation_time=timedelta(seconds=self._clock.monotonic() - started),
+        )

@@ -28,6 +28,19 @@ Both use the counter store's pipeline (`CounterStore.pipeline`): on a
 single Redis a direct exchange on the process's multiplexed connection
 (`service.redis.mux`), on Redis Cluster the client's pipeline.
 
+**Batches** (`observe_many`, `record_many`: what a stream has sent): the
+requests' commands go in one pipeline, in request order, so Redis runs each
+request's counter script after the previous one's and its reads see their
+counts, exactly as one at a time. What a request could only see after an
+earlier one's *record* cannot be in the same exchange: `observe_many` stops
+before a request_id already in the batch (a retry must find the first
+attempt's decision) and before a request that reads counters an earlier
+request's BLOCK would take back (active counts), and answers that prefix; the
+screener records it and observes the rest after. One budget bounds each
+batch's exchange, and a failure degrades every request in it, as it would
+each alone. A rule breaker tripped by a decision demotes its rule from the
+next batch on (as with concurrent requests).
+
 Degraded, never silent: each round trip has a budget
 (`RISKGATE_REDIS_BUDGET_MS`, shortened to fit the caller's deadline). When
 Redis is unreachable, errs or is over budget, the screening goes on without
@@ -44,11 +57,10 @@ spooled to disk, written exactly once by a background task when Redis answers.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -58,14 +70,14 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from service.clock import Clock
 from service.domain import Decision, EventKind, Outcome, ScreenRequest
-from service.errors import InFlight, RequestIdReused, StoreLate, StoreUnavailable
+from service.errors import InFlight, RequestIdReused, RiskgateError, StoreLate, StoreUnavailable
 from service.logs import Throttled
 from service.pipeline.breakers import BreakerWatch, blocked_by
 from service.pipeline.facts import Scalar
-from service.pipeline.screening import Observation
+from service.pipeline.screening import Decided, Observation, Sighting
 from service.redis.keys import KeyHasher
 from service.riskdata.breakers import COUNT as BREAKER_COUNT
-from service.riskdata.breakers import RuleBreakers, watches_by_kind
+from service.riskdata.breakers import BreakerCalls, RuleBreakers, watches_by_kind
 from service.riskdata.counters.model import CounterSpec, Predicate, counters_to_update
 from service.riskdata.counters.store import CounterPlan, CounterStore, RetractPlan
 from service.riskdata.decision_log import LOG_ONCE, DecisionLog, DecisionLogConfig, LogEntry
@@ -121,6 +133,18 @@ class _Attempt:
     counted: CounterPlan | None
     facts: Mapping[str, Scalar]  # the request's, for its log entry
     late: bool = False  # degraded over budget: its counters were sent and may have counted
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A request of a batch, ready to send: its claim and what it counts and looks up."""
+
+    sighting: Sighting
+    key: str
+    fingerprint: bytes
+    mark: bytes
+    lookups: dict[str, list[tuple[str, str]]]
+    plan: CounterPlan
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,42 +388,85 @@ class BoundRiskData:
         list_checks: Collection[tuple[str, str]],
         deadline: float | None = None,
     ) -> Observation:
+        """`observe_many` of one request; its error raised."""
+        (observation,) = await self.observe_many([Sighting(request, facts, ids, list_checks)], deadline)
+        if isinstance(observation, RiskgateError):
+            raise observation
+        return observation
+
+    async def observe_many(
+        self, sightings: Sequence[Sighting], deadline: float | None = None
+    ) -> list[Observation | RiskgateError]:
+        """See `service.pipeline.screening.RiskData.observe_many` and the module's doc."""
         store = self._store
-        key = store.request_key(request)
-        fingerprint = store.fingerprint(request)
-        mark = store.attempt_mark(fingerprint)
-        attempt = _Attempt(key, fingerprint, None, facts)
-        lookups, plan = self._plan(request, facts, ids, list_checks)
-        if self._folds_claim:
-            plan = self._counters.with_claim(plan, key=key.encode(), mark=mark, px=PENDING_CLAIM_MS)
-        else:
+        planned = self._plan_batch(sightings)
+        observed: list[Observation | RiskgateError | None] = [None] * len(planned)
+        counting = list(range(len(planned)))
+        if not self._folds_claim:
             try:
-                stored: bytes | None = await store.bounded(self._claim(key, mark), deadline)
+                claims = await store.bounded(self._claim([(p.key, p.mark) for p in planned]), deadline)
             except StoreUnavailable as error:
                 store.warn.warning("risk data unavailable: %s", error, fields={"step": "claim"})
-                return Observation(degraded=True, claim=mark, plan=attempt, demoted=self._demoted_for(request.kind))
-            if stored is not None:
-                return await self._answered(stored, key, fingerprint, deadline)
+                return [self._degraded(p, late=False) for p in planned]
+            counting = [i for i, stored in enumerate(claims) if stored is None]
+            for i, stored in enumerate(claims):
+                if stored is not None:
+                    observed[i] = await self._answered(stored, planned[i], deadline)
         try:
-            stored, counters, hits = await store.bounded(self._read(plan, lookups, request), deadline)
+            reads = await store.bounded(self._read([planned[i] for i in counting]), deadline)
         except StoreUnavailable as error:
             store.warn.warning("risk data unavailable: %s", error, fields={"step": "counters"})
-            # Over budget, the counter script was sent and may still run: the log says so, for replays.
+            # Over budget, the counter scripts were sent and may still run: the log says so, for replays.
             late = isinstance(error, StoreLate)
-            return Observation(
-                degraded=True,
-                claim=mark,
-                plan=dataclasses.replace(attempt, late=late),
-                demoted=self._demoted_for(request.kind),
+            for i in counting:
+                observed[i] = self._degraded(planned[i], late=late)
+            return [o for o in observed if o is not None]
+        for i, read in zip(counting, reads, strict=True):
+            p = planned[i]
+            if isinstance(read, StoreUnavailable):
+                store.breaker.failure()
+                store.warn.warning("risk data unavailable: %s", read, fields={"step": "counters"})
+                observed[i] = self._degraded(p, late=False)
+                continue
+            stored, counters, hits = read
+            if stored is not None:
+                observed[i] = await self._answered(stored, p, deadline)
+                continue
+            observed[i] = Observation(
+                counters=counters,
+                list_hits=hits,
+                claim=p.mark,
+                plan=_Attempt(p.key, p.fingerprint, p.plan, p.sighting.facts),
+                demoted=self._demoted_for(p.sighting.request.kind),
             )
-        if stored is not None:
-            return await self._answered(stored, key, fingerprint, deadline)
+        return [o for o in observed if o is not None]
+
+    def _plan_batch(self, sightings: Sequence[Sighting]) -> list[_Planned]:
+        """The claims and plans of the longest prefix of `sightings` (at least one) in which no
+        request must see an earlier one's record: the module's doc says which."""
+        store = self._store
+        planned: list[_Planned] = []
+        keys: set[str] = set()
+        taken_back: set[bytes] = set()  # counter keys a BLOCK of an earlier request would retract
+        for sighting in sightings:
+            request = sighting.request
+            key = store.request_key(request)
+            lookups, plan = self._plan(request, sighting.facts, sighting.ids, sighting.list_checks)
+            if planned and (key in keys or any(counted in taken_back for counted, _, _ in plan.calls)):
+                break
+            keys.add(key)
+            taken_back.update(counted for counted, _, _ in plan.undo)
+            fingerprint = store.fingerprint(request)
+            mark = store.attempt_mark(fingerprint)
+            if self._folds_claim:
+                plan = self._counters.with_claim(plan, key=key.encode(), mark=mark, px=PENDING_CLAIM_MS)
+            planned.append(_Planned(sighting, key, fingerprint, mark, lookups, plan))
+        return planned
+
+    def _degraded(self, planned: _Planned, *, late: bool) -> Observation:
+        attempt = _Attempt(planned.key, planned.fingerprint, None, planned.sighting.facts, late=late)
         return Observation(
-            counters=counters,
-            list_hits=hits,
-            claim=mark,
-            plan=_Attempt(key, fingerprint, plan, facts),
-            demoted=self._demoted_for(request.kind),
+            degraded=True, claim=planned.mark, plan=attempt, demoted=self._demoted_for(planned.sighting.request.kind)
         )
 
     def rehearse(
@@ -479,86 +546,157 @@ class BoundRiskData:
         except (RedisError, RedisClusterException, OSError, TimeoutError) as error:
             raise StoreUnavailable(f"redis: {type(error).__name__}: {error}") from error
 
-    async def _answered(self, stored: bytes, key: str, fingerprint: bytes, deadline: float | None) -> Observation:
+    async def _answered(self, stored: bytes, planned: _Planned, deadline: float | None) -> Observation | RiskgateError:
         """An earlier attempt's decision, or (when it is still deciding) the decision it makes; for
         a different request under the same request_id, RequestIdReused (nothing was counted)."""
         store = self._store
-        if stored.startswith(_PENDING):
-            store.check_same(stored[len(_PENDING) :].partition(b":")[0] or None, fingerprint)
-            return Observation(previous=await store.await_other_attempt(key, fingerprint, deadline))
-        stored_fingerprint, decision = decode_record(stored)
-        store.check_same(stored_fingerprint, fingerprint)
+        try:
+            if stored.startswith(_PENDING):
+                store.check_same(stored[len(_PENDING) :].partition(b":")[0] or None, planned.fingerprint)
+                return Observation(previous=await store.await_other_attempt(planned.key, planned.fingerprint, deadline))
+            stored_fingerprint, decision = decode_record(stored)
+            store.check_same(stored_fingerprint, planned.fingerprint)
+        except RiskgateError as error:
+            return error
         return Observation(previous=decision)
 
-    async def _claim(self, key: str, mark: bytes) -> bytes | None:
-        """The stored decision (or another attempt's pending mark) for `key`, or None after claiming it.
+    async def _claim(self, claims: Sequence[tuple[str, bytes]]) -> list[bytes | None]:
+        """For each (key, mark): the stored decision (or another attempt's pending mark), or None
+        after claiming it; in one exchange.
 
         EVAL rather than EVALSHA: Redis caches the compiled script either way,
         and a restarted Redis can never answer NOSCRIPT.
         """
         pipe = self._counters.pipeline()
-        pipe.execute_command("EVAL", _CLAIM, 1, key, mark, PENDING_CLAIM_MS)
-        (stored,) = await pipe.execute(raise_on_error=False)
-        if isinstance(stored, BaseException):
-            raise StoreUnavailable(f"redis: {stored}") from stored
-        return stored if isinstance(stored, bytes) else None
+        for key, mark in claims:
+            pipe.execute_command("EVAL", _CLAIM, 1, key, mark, PENDING_CLAIM_MS)
+        found: list[bytes | None] = []
+        for stored in await pipe.execute(raise_on_error=False):
+            if isinstance(stored, BaseException):
+                raise StoreUnavailable(f"redis: {stored}") from stored
+            found.append(stored if isinstance(stored, bytes) else None)
+        return found
 
     async def _read(
-        self, plan: CounterPlan, lookups: Mapping[str, list[tuple[str, str]]], request: ScreenRequest
-    ) -> tuple[bytes | None, dict[str, int | float], dict[tuple[str, str], bool]]:
-        """The claim (when the plan carries it), counters and watchlist look-ups in one pipelined
-        round trip: what the claim found stored (then nothing was counted), or the values."""
+        self, batch: Sequence[_Planned]
+    ) -> list[tuple[bytes | None, dict[str, int | float], dict[tuple[str, str], bool]] | StoreUnavailable]:
+        """The claims (when the plans carry them), counters and watchlist look-ups of `batch` in
+        one pipelined exchange, in order. For each request: what its claim found stored (then
+        nothing was counted), or its values; or the StoreUnavailable of its error replies."""
+        if not batch:
+            return []
         pipe = self._counters.pipeline()
-        queued = self._counters.queue(pipe, plan)
-        self._lists.queue_lookups(pipe, lookups)
+        spans: list[tuple[int, int]] = []
+        for planned in batch:
+            queued = self._counters.queue(pipe, planned.plan)
+            self._lists.queue_lookups(pipe, planned.lookups)
+            spans.append((queued, len(planned.lookups)))
         replies = await pipe.execute(raise_on_error=False)
-        counter_replies = await self._counters.retry_noscript(plan, replies[:queued])
-        for reply in replies[queued:]:
-            if isinstance(reply, BaseException):
-                raise StoreUnavailable(f"redis: {reply}") from reply
-        stored = self._counters.stored_claim(plan, counter_replies)
-        if stored is not None:
-            return stored, {}, {}
-        counters = self._counters.read(plan, counter_replies)
-        # An entry matches while it has not expired at the time of the decision, as CheckEntry
-        # says (not at occurred_at: an event decided late is decided with what the lists say now,
-        # and an entry's value key lives on while another list holds the value).
-        return None, counters, self._lists.read_lookups(lookups, replies[queued:], self._store.clock.now())
+        now = self._store.clock.now()
+        out: list[tuple[bytes | None, dict[str, int | float], dict[tuple[str, str], bool]] | StoreUnavailable] = []
+        at = 0
+        for planned, (queued, looked_up) in zip(batch, spans, strict=True):
+            lookup_replies = replies[at + queued : at + queued + looked_up]
+            try:
+                counter_replies = await self._counters.retry_noscript(planned.plan, replies[at : at + queued])
+                for reply in lookup_replies:
+                    if isinstance(reply, BaseException):
+                        raise StoreUnavailable(f"redis: {reply}") from reply
+                stored = self._counters.stored_claim(planned.plan, counter_replies)
+                if stored is not None:
+                    out.append((stored, {}, {}))
+                else:
+                    counters = self._counters.read(planned.plan, counter_replies)
+                    # An entry matches while it has not expired at the time of the decision, as
+                    # CheckEntry says (not at occurred_at: an event decided late is decided with
+                    # what the lists say now, and an entry's value key lives on while another
+                    # list holds the value).
+                    out.append((None, counters, self._lists.read_lookups(planned.lookups, lookup_replies, now)))
+            except StoreUnavailable as error:
+                out.append(error)
+            at += queued + looked_up
+        return out
 
     async def record(
         self, request: ScreenRequest, decision: Decision, observation: Observation, ids: Mapping[str, str]
     ) -> None:
-        """Keep the decision for retries, undo a blocked opening's active counts, and log it."""
+        """`record_many` of one decision."""
+        facts = observation.plan.facts if isinstance(observation.plan, _Attempt) else {}
+        await self.record_many([Decided(Sighting(request, facts, ids, ()), decision, observation)])
+
+    async def record_many(self, decided: Sequence[Decided]) -> None:
+        """For each decision, in order and in one exchange: keep it for retries, undo a blocked
+        opening's active counts, count it for the rule breakers, and log it."""
         store = self._store
-        attempt = observation.plan if isinstance(observation.plan, _Attempt) else None
-        facts = attempt.facts if attempt is not None else {}
-        late = attempt.late if attempt is not None else False
-        logged = self._log_entry(
-            request, decision, ids, facts, observation.counters, observation.list_hits, late, observation.demoted
-        )
+        logged = [self._logged(d) for d in decided]
         if not store.breaker.allow():
-            store.log.defer(logged, sent=False)
+            for entry in logged:
+                store.log.defer(entry, sent=False)
             return
         pipe = self._counters.pipeline()
-        key = attempt.key if attempt is not None else store.request_key(request)
-        fingerprint = attempt.fingerprint if attempt is not None else store.fingerprint(request)
-        queued = 0
+        queued = [self._queue_record(pipe, d, entry) for d, entry in zip(decided, logged, strict=True)]
+        try:
+            replies = await store.bounded(pipe.execute(raise_on_error=False), None)
+        except StoreUnavailable as error:
+            store.warn.warning("decision not recorded yet: %s", error, fields={"step": "record"})
+            for entry in logged:
+                store.log.defer(entry, sent=True)
+            return
+        at = 0
+        for entry, (commands, kept, retract, retracted, counted) in zip(logged, queued, strict=True):
+            own = replies[at : at + commands]
+            at += commands
+            store.log.settle(entry, own[-1])
+            try:
+                if retract is not None:
+                    # A NOSCRIPT retract did not run: load the script and send just it again.
+                    await self._counters.retry_noscript(retract, own[kept : kept + retracted])
+            except StoreUnavailable as error:
+                store.warn.warning("blocked opening's counts not undone: %s", error, fields={"step": "retract"})
+            counting = counted.count if counted is not None else 0
+            if counted is not None:
+                await store.breakers.settle(counted, own[-1 - counting : -1], store.budget(None))
+            errors = [reply for reply in own[: len(own) - 1 - counting] if isinstance(reply, BaseException)]
+            if errors and not all(isinstance(e, NoScriptError) for e in errors):
+                store.warn.warning("decision not kept for retries: %s", errors[0], fields={"step": "record"})
+
+    def _logged(self, decided: Decided) -> LogEntry:
+        observation = decided.observation
+        attempt = observation.plan if isinstance(observation.plan, _Attempt) else None
+        request = decided.sighting.request
+        return self._log_entry(
+            request,
+            decided.decision,
+            decided.sighting.ids,
+            attempt.facts if attempt is not None else {},
+            observation.counters,
+            observation.list_hits,
+            attempt.late if attempt is not None else False,
+            observation.demoted,
+        )
+
+    def _queue_record(
+        self, pipe: Any, decided: Decided, logged: LogEntry
+    ) -> tuple[int, int, RetractPlan | None, int, BreakerCalls | None]:
+        """Queue one decision's record commands (the log entry's last); returns how many were
+        queued, how many of them keep the decision, the retract and its count, and the breakers'
+        calls (just before the log entry)."""
+        store = self._store
+        request, decision, observation = decided.sighting.request, decided.decision, decided.observation
+        attempt = observation.plan if isinstance(observation.plan, _Attempt) else None
+        start = len(pipe)
+        kept = 0
         if observation.claim:
-            pipe.execute_command(
-                "EVAL",
-                _RECORD,
-                1,
-                key,
-                observation.claim,
-                encode_record(fingerprint, decision),
-                store.config.idempotency_ms,
-            )
-            queued += 1
+            key = attempt.key if attempt is not None else store.request_key(request)
+            fingerprint = attempt.fingerprint if attempt is not None else store.fingerprint(request)
+            record = encode_record(fingerprint, decision)
+            pipe.execute_command("EVAL", _RECORD, 1, key, observation.claim, record, store.config.idempotency_ms)
+            kept = 1
         retract: RetractPlan | None = None
         retracted = 0
         if decision.outcome is Outcome.BLOCK and attempt is not None and attempt.counted is not None:
             # A blocked opening never happened: it must not count as an account or SIM held.
-            retract = self._counters.prepare_retract(attempt.counted, token=key)
+            retract = self._counters.prepare_retract(attempt.counted, token=attempt.key)
             retracted = self._counters.queue_retract(pipe, retract)
         # The rule breakers count this decision in the same round trip, last but the log entry.
         breaker_plan = self._breaker_plans.get(request.kind)
@@ -566,23 +704,5 @@ class BoundRiskData:
         if breaker_plan is not None:
             at_ms = int(decision.decided_at.timestamp() * 1000)
             counted = store.breakers.queue(pipe, breaker_plan, blocked_by(decision.reasons), at_ms)
-        counting = counted.count if counted is not None else 0
         store.log.queue(pipe, logged)
-        try:
-            replies = await store.bounded(pipe.execute(raise_on_error=False), None)
-        except StoreUnavailable as error:
-            store.warn.warning("decision not recorded yet: %s", error, fields={"step": "record"})
-            store.log.defer(logged, sent=True)
-            return
-        store.log.settle(logged, replies[-1])
-        try:
-            if retract is not None:
-                # A NOSCRIPT retract did not run: load the script and send just it again.
-                await self._counters.retry_noscript(retract, replies[queued : queued + retracted])
-        except StoreUnavailable as error:
-            store.warn.warning("blocked opening's counts not undone: %s", error, fields={"step": "retract"})
-        if counted is not None:
-            await store.breakers.settle(counted, replies[-1 - counting : -1], store.budget(None))
-        errors = [reply for reply in replies[: len(replies) - 1 - counting] if isinstance(reply, BaseException)]
-        if errors and not all(isinstance(e, NoScriptError) for e in errors):
-            store.warn.warning("decision not kept for retries: %s", errors[0], fields={"step": "record"})
+        return len(pipe) - start, kept, retract, retracted, counted

@@ -19,6 +19,9 @@ given, serves until SIGTERM or SIGINT, then stops in order:
    embedded redis-server flushes and exits.
 
 A second SIGTERM or SIGINT during the drain skips the rest of it.
+
+With RISKGATE_WORKERS > 1, `riskgate serve` is the supervisor of `service.server.workers`, and
+each of its worker processes runs `run()` on the shared port, with the supervisor's Redis.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from service.redis.connection import embedded_dir, hasher_for, make_client
 from service.redis.embedded import EmbeddedRedis
 from service.riskdata.breakers import Trip
 from service.riskdata.dispositions import DispositionStore
+from service.riskdata.monitoring import Monitor
 from service.riskdata.store import BoundRiskData, RiskDataConfig, RiskDataStore
 from service.riskdata.watchlists import Watchlists
 from service.rules.reload import ActiveRules, ReloadResult, RulesManager
@@ -65,6 +69,9 @@ from service.server.access.guard import Guard
 from service.server.access.limits import CheckEntryLimit
 from service.server.access.tls import CertificateFiles, TlsFiles
 from service.server.admin import RulesService, WatchlistsService
+from service.server.console.app import Console
+from service.server.console.auth import ConsoleAccess, Sessions, session_key
+from service.server.console.views import ConsoleStatus, RuleInfo
 from service.server.dispositions import SERVICE as DISPOSITIONS_SERVICE
 from service.server.dispositions import DispositionsService
 from service.server.metrics import Metrics
@@ -164,7 +171,9 @@ class Server:
         keepalive_ms = int(settings.keepalive_min_seconds * 1000)
         self._grpc = grpc.aio.server(
             options=[
-                ("grpc.so_reuseport", 0),
+                # Off: a second server on the port is refused. On for RISKGATE_WORKERS > 1, whose
+                # processes share it (`service.server.workers` checks at start that nothing else holds it).
+                ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
                 ("grpc.max_receive_message_length", 1 << 20),
                 ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
                 ("grpc.max_connection_idle_ms", int(settings.connection_idle_seconds * 1000)),
@@ -180,6 +189,9 @@ class Server:
         self._service: ScreeningService | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._redis_ok: bool | None = None
+        self._components: dict[str, bool] = {}  # health component → SERVING, for the console
+        self._serving = False
+        self.console: Console | None = None
         self._stale_rates_warned = ""  # the revision whose stale rates were logged
         self.port = 0
 
@@ -270,6 +282,19 @@ class Server:
                 raise ConfigError(
                     f"RISKGATE_METRICS_LISTEN={self.settings.metrics_listen}: cannot listen there ({error})"
                 ) from None
+        if self.settings.console_listen:
+            self.console = Console(
+                monitor=Monitor(self.redis, self.risk.log_key, self.clock),
+                dispositions=dispositions,
+                audit=self.audit,
+                access=ConsoleAccess(self.guard, Sessions(session_key(self.risk.hasher))),
+                status=self.console_status,
+                clock=self.clock,
+                disposition_days=self.settings.disposition_days,
+            )
+            cert, key = self.settings.tls_cert, self.settings.tls_key
+            tls = TlsFiles(cert, key, self.settings.tls_client_ca) if cert and key else None
+            await self.console.start(self.settings.console_listen, tls)
         await self._set_health(RULES_COMPONENT, serving=True)
         await self._warm_up(active)
         await self._probe_redis()
@@ -286,6 +311,7 @@ class Server:
         await self._grpc.start()
         for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
         self._tasks = [
             asyncio.create_task(self._probe_forever(), name="probe"),
             asyncio.create_task(self.rules.watch(self.settings.rules_poll_seconds), name="rules-watch"),
@@ -299,6 +325,7 @@ class Server:
                     "tls": "mtls" if self.settings.tls_client_ca else "on" if self.tls else "off",
                     "policy": str(self.settings.policy_file or "local callers only"),
                     "metrics": self.settings.metrics_listen or "off",
+                    "console": self.settings.console_listen or "off",
                     "ruleset_revision": active.revision,
                     "rules": len(active.ruleset.rules),
                     "version": __version__,
@@ -348,6 +375,7 @@ class Server:
     async def drain(self, seconds: float, cut_short: asyncio.Event | None = None) -> None:
         """Report NOT_SERVING but keep serving for `seconds` (or until `cut_short` is set), so load
         balancers and clients watching health move away before the port closes."""
+        self._serving = False
         for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         log.info("draining", extra={"fields": {"drain_seconds": seconds}})
@@ -364,7 +392,10 @@ class Server:
         log.info("stopping", extra={"fields": {"grace_seconds": grace}})
         if self._service is not None:
             self._service.end_idle_streams()
+        self._serving = False
         await self._grpc.stop(grace)
+        if self.console is not None:
+            await self.console.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -380,7 +411,36 @@ class Server:
     async def _set_health(self, component: str, *, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set(component, status)
+        self._components[component] = serving
         self.metrics.component_up.labels(component).set(1 if serving else 0)
+
+    def console_status(self) -> ConsoleStatus:
+        """What the console's Now and Rules views show of this process: health, the serving
+        ruleset and its rules, the breakers' demotions, rule reloads."""
+        active = self.rules.current
+        with_breakers = {w.rule_id for w in active.breakers}
+        return ConsoleStatus(
+            revision=active.revision,
+            serving=self._serving,
+            components=dict(self._components),
+            demoted=tuple(sorted(self.risk.breakers.demoted_ids(active.breakers))),
+            rules=tuple(
+                RuleInfo(
+                    rule_id=rule.id,
+                    outcome=rule.outcome.label,
+                    shadow=rule.shadow,
+                    kinds=tuple(kind.value for kind in rule.on),
+                    description=rule.description,
+                    breaker=rule.id in with_breakers,
+                )
+                for rule in active.ruleset.rules.values()
+            ),
+            reloads=self.rules.reload_counts,
+            rule_errors=self.rules.last_errors,
+            redis_breaker_open=self.risk.breaker.tripped,
+            unwritten_log_entries=self.risk.log.backlog,
+            replica=f"{socket.gethostname()}:{os.getpid()}",
+        )
 
     async def _probe_redis(self) -> None:
         """Health `redis`: SERVING when a PING answers and the request path's breaker is not tripped."""
@@ -467,11 +527,19 @@ async def _discard(work: Awaitable[object]) -> None:
     await work
 
 
-async def run(settings: Settings, *, risk_config: RiskDataConfig | None = None) -> None:
+async def run(
+    settings: Settings,
+    *,
+    risk_config: RiskDataConfig | None = None,
+    redis_url: str | None = None,
+    on_serving: Callable[[], None] | None = None,
+) -> None:
     """Serve until SIGTERM (drain, then stop) or SIGINT (stop), starting a private redis-server
-    unless one is configured. `risk_config`: as for `Server`."""
+    unless one is configured. `risk_config`: as for `Server`. A worker of `service.server.workers`
+    passes the `redis_url` its supervisor started (nothing is started then), and `on_serving`, called
+    once the port is served."""
     embedded: EmbeddedRedis | None = None
-    redis_url = settings.redis_url
+    redis_url = redis_url or settings.redis_url
     if redis_url is None:
         embedded = EmbeddedRedis(embedded_dir(settings))
         embedded.start()  # on this (the main) thread: the child's parent-death signal follows it
@@ -493,6 +561,8 @@ async def run(settings: Settings, *, risk_config: RiskDataConfig | None = None) 
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
         await server.start()
+        if on_serving is not None:
+            on_serving()
         await stop.wait()
         if signalled[0] is signal.SIGTERM:
             await server.drain(settings.drain_seconds, cut_short)

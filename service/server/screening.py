@@ -31,6 +31,10 @@ _UNPARSEABLE = ValidationError(
     [FieldProblem("request", "the message is not a valid riskgate.v1.ScreenRequest (protobuf parse error)")]
 )
 _BAD_BYTES_LOG_SECONDS = 10.0
+# A stream's messages that have arrived are screened together, up to this many: one Redis exchange
+# for their counters and one for their records, each within one budget (RISKGATE_REDIS_BUDGET_MS:
+# 32 counter scripts take Redis 3-5 ms), and their answers wait for the last of them.
+STREAM_BATCH = 32
 
 
 class Unparseable:
@@ -95,15 +99,21 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         flag is read then, not taken from the loop condition that saw it False)."""
         return self.stopping
 
+    def _deadline(self, time_remaining: float | None) -> float | None:
+        return None if time_remaining is None else self._clock.monotonic() + time_remaining
+
     async def _decide(self, request: pb.ScreenRequest, rpc: str, time_remaining: float | None) -> Decision:
         """Validate and screen one request; RiskgateErrors propagate to the caller's mapping."""
         started = time.perf_counter()
-        deadline = None if time_remaining is None else self._clock.monotonic() + time_remaining
         try:
-            decision = await self._screener.screen(self._validate(request), deadline)
+            decision = await self._screener.screen(self._validate(request), self._deadline(time_remaining))
         except RiskgateError as error:
             self._metrics.errors.labels(rpc, api.status_of(error).name).inc()
             raise
+        self._count(decision, rpc, started)
+        return decision
+
+    def _count(self, decision: Decision, rpc: str, started: float) -> None:
         self._metrics.latency.labels(rpc).observe(time.perf_counter() - started)
         kind = decision.kind.value if decision.kind is not None else "unknown"
         self._metrics.requests.labels(kind, decision.outcome.label).inc()
@@ -111,7 +121,6 @@ class ScreeningService(pb_grpc.ScreeningServicer):
             self._metrics.degraded.inc()
         if decision.replayed:
             self._metrics.replayed.inc()
-        return decision
 
     def _bad_bytes(self, rpc: str) -> None:
         """Count an unparseable message; log one line at most every 10 s (fuzzers send thousands)."""
@@ -144,45 +153,103 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         context: grpc.aio.ServicerContext[pb.ScreenRequest, pb.Decision],
     ) -> AsyncIterator[pb.Decision]:
         """Answers in order; a bad message gets an error Decision and the stream goes on. The stream
-        ends when the client closes it, after `stream_idle_seconds` without a message, or at stop."""
+        ends when the client closes it, after `stream_idle_seconds` without a message, or at stop.
+
+        A reader task takes the messages as they arrive; what has arrived while the previous
+        answers were made is screened as a batch (`Screener.screen_many`, up to `STREAM_BATCH`)."""
         task = asyncio.current_task()
         assert task is not None
-        while not self.stopping:
-            self._idle_streams.add(task)
-            request: object  # what the lenient deserializer made of the bytes, or EOF
-            try:
-                async with asyncio.timeout(self._stream_idle_seconds):
-                    request = cast(object, await context.read())
-            except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"stream idle for {self._stream_idle_seconds:g} s: closed by the server; open a new one",
-                )
-            except asyncio.CancelledError:
-                if not self._stopped_us():
-                    raise  # the call itself was cancelled (the client went away)
-                task.uncancel()  # our own cancel (`end_idle_streams`): end the stream with a status
-                break
-            finally:
-                self._idle_streams.discard(task)
-            if request is grpc.aio.EOF:
-                return
-            yield await self._stream_answer(request, context.time_remaining())
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "riskgate is stopping: reconnect and send the rest again")
-
-    async def _stream_answer(self, request: object, time_remaining: float | None) -> pb.Decision:
-        if isinstance(request, Unparseable) or not isinstance(request, pb.ScreenRequest):
-            self._bad_bytes("ScreenStream")
-            return api.error_to_proto("", _UNPARSEABLE)
+        arrived: asyncio.Queue[object] = asyncio.Queue(STREAM_BATCH)
+        reader = asyncio.get_running_loop().create_task(_read_into(context, arrived))
         try:
-            decision = await self._decide(request, "ScreenStream", time_remaining)
-        except RiskgateError as error:
-            return api.error_to_proto(request.request_id, error)
+            while not self.stopping:
+                self._idle_streams.add(task)
+                message: object  # what the lenient deserializer made of the bytes, EOF, or a read's error
+                try:
+                    async with asyncio.timeout(self._stream_idle_seconds):
+                        message = await arrived.get()
+                except TimeoutError:
+                    await context.abort(
+                        grpc.StatusCode.UNAVAILABLE,
+                        f"stream idle for {self._stream_idle_seconds:g} s: closed by the server; open a new one",
+                    )
+                except asyncio.CancelledError:
+                    if not self._stopped_us():
+                        raise  # the call itself was cancelled (the client went away)
+                    task.uncancel()  # our own cancel (`end_idle_streams`): end the stream with a status
+                    break
+                finally:
+                    self._idle_streams.discard(task)
+                batch = [message]
+                while len(batch) < STREAM_BATCH and not arrived.empty() and not _ends(batch[-1]):
+                    batch.append(arrived.get_nowait())
+                last = batch[-1]
+                for answer in await self._stream_answers(
+                    batch[:-1] if _ends(last) else batch, context.time_remaining()
+                ):
+                    yield answer
+                if isinstance(last, BaseException):
+                    raise last
+                if last is grpc.aio.EOF:
+                    return
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "riskgate is stopping: reconnect and send the rest again")
+        finally:
+            reader.cancel()
+
+    async def _stream_answers(self, messages: list[object], time_remaining: float | None) -> list[pb.Decision]:
+        """The answers to a batch of a stream's messages, in order."""
+        started = time.perf_counter()
+        answers: list[pb.Decision | None] = [None] * len(messages)
+        requests: list[ScreenRequest] = []
+        positions: list[int] = []
+        for index, message in enumerate(messages):
+            if isinstance(message, Unparseable) or not isinstance(message, pb.ScreenRequest):
+                self._bad_bytes("ScreenStream")
+                answers[index] = api.error_to_proto("", _UNPARSEABLE)
+                continue
+            try:
+                requests.append(self._validate(message))
+            except RiskgateError as error:
+                answers[index] = self._stream_error(message.request_id, error)
+                continue
+            positions.append(index)
+        try:
+            decided = await self._screener.screen_many(requests, self._deadline(time_remaining))
         except Exception:
             log.exception("screening failed", extra={"fields": {"rpc": "ScreenStream"}})
-            self._metrics.errors.labels("ScreenStream", "INTERNAL").inc()
-            return api.error_to_proto(request.request_id, _INTERNAL)
-        return api.decision_to_proto(decision)
+            decided = [_INTERNAL] * len(requests)
+        for index, request, result in zip(positions, requests, decided, strict=True):
+            if isinstance(result, RiskgateError):
+                answers[index] = self._stream_error(request.request_id, result)
+            else:
+                self._count(result, "ScreenStream", started)
+                answers[index] = api.decision_to_proto(result)
+        return [answer for answer in answers if answer is not None]
+
+    def _stream_error(self, request_id: str, error: RiskgateError) -> pb.Decision:
+        self._metrics.errors.labels("ScreenStream", api.status_of(error).name).inc()
+        return api.error_to_proto(request_id, error)
+
+
+def _ends(message: object) -> bool:
+    """Whether nothing follows `message` on its stream: EOF, or the error a read raised."""
+    return message is grpc.aio.EOF or isinstance(message, BaseException)
+
+
+async def _read_into(
+    context: grpc.aio.ServicerContext[pb.ScreenRequest, pb.Decision], arrived: asyncio.Queue[object]
+) -> None:
+    """Put a stream's messages into `arrived` as they come (it holds `STREAM_BATCH` at most: then
+    the client's sends wait), then EOF, or the error the read raised."""
+    while True:
+        try:
+            message = cast(object, await context.read())
+        except Exception as error:  # noqa: BLE001 - not handled here: the stream's handler raises it
+            await arrived.put(error)
+            return
+        await arrived.put(message)
+        if message is grpc.aio.EOF:
+            return
 
 
 _INTERNAL = InternalError("internal error; the decision was not made")

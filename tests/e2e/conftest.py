@@ -30,6 +30,7 @@ class RunningServer:
     data_dir: Path
     log_path: Path
     credentials: grpc.ChannelCredentials | None = None  # TLS servers: what health checks connect with
+    console_address: str = ""  # the web console's host:port (a free port, as the metrics')
 
     def channel(self, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
         credentials = credentials or self.credentials
@@ -86,12 +87,14 @@ def start_server(
     port = free_port()
     address = f"127.0.0.1:{port}"
     metrics = f"127.0.0.1:{free_port()}"
+    console = f"127.0.0.1:{free_port()}"
     data_dir = tmp / "data"
     log_path = tmp / "server.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("RISKGATE_")}
     environment.update(
         RISKGATE_LISTEN=f"{host}:{port}",
         RISKGATE_METRICS_LISTEN=metrics,
+        RISKGATE_CONSOLE_LISTEN=console,
         RISKGATE_DATA_DIR=str(data_dir),
         RISKGATE_RULES_DIR=str(REPO / "rules"),
         RISKGATE_GRACE_SECONDS="5",
@@ -102,7 +105,9 @@ def start_server(
         process = subprocess.Popen(
             [str(RISKGATE), "serve"], stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=tmp
         )
-    server = RunningServer(process, address, metrics, data_dir, log_path, credentials)
+    server = RunningServer(
+        process, address, metrics, data_dir, log_path, credentials, environment.get("RISKGATE_CONSOLE_LISTEN", "")
+    )
     try:
         wait_serving(address, process=process, credentials=credentials)
     except TimeoutError:

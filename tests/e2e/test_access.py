@@ -646,6 +646,7 @@ def _serve_briefly(tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
         "RISKGATE_DATA_DIR": str(tmp / "data"),
         "RISKGATE_RULES_DIR": str(REPO / "rules"),
         "RISKGATE_METRICS_LISTEN": "off",
+        "RISKGATE_CONSOLE_LISTEN": "off",
         **env,
     }
     return subprocess.run(
@@ -842,6 +843,7 @@ def test_a_unix_socket_serves_local_callers_without_a_policy(tmp_path: Path, acc
     environment.update(
         RISKGATE_LISTEN=f"unix:{socket_path}",
         RISKGATE_METRICS_LISTEN="off",
+        RISKGATE_CONSOLE_LISTEN="off",
         RISKGATE_DATA_DIR=str(tmp_path / "data"),
         RISKGATE_RULES_DIR=str(REPO / "rules"),
         RISKGATE_REDIS_URL=access_redis.url,

@@ -94,6 +94,7 @@ class Fleet:
         environment.update(
             RISKGATE_LISTEN=address,
             RISKGATE_METRICS_LISTEN=metrics,
+            RISKGATE_CONSOLE_LISTEN="off",
             RISKGATE_DATA_DIR=str(self.data_dir),
             RISKGATE_RULES_DIR=str(REPO / "rules"),
             RISKGATE_GRACE_SECONDS="5",

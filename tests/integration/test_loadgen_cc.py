@@ -78,9 +78,13 @@ def test_open_loop_sends_the_count_at_its_rate(built: Path, requests: Path, echo
     assert report["from_schedule_p99_ms"] is not None
 
 
-def test_stream_messages_to_echo_are_all_answered(built: Path, requests: Path, echo: EchoServerProcess) -> None:
-    report = compiled.drive(echo.target, ECHO_STREAM, requests, mode="stream", inflight=4, count=40)
+@pytest.mark.parametrize("depth", [1, 8])
+def test_stream_messages_to_echo_are_all_answered(
+    built: Path, requests: Path, echo: EchoServerProcess, depth: int
+) -> None:
+    report = compiled.drive(echo.target, ECHO_STREAM, requests, mode="stream", inflight=4, count=40, depth=depth)
     _clean(report, 40)
+    assert report["depth"] == depth
 
 
 def test_failed_calls_are_counted_by_status_code(built: Path, requests: Path, echo: EchoServerProcess) -> None:

@@ -20,7 +20,7 @@ from service.errors import SourceError
 from service.pipeline.facts import Scalar
 from service.pipeline.money import CNY_ONLY
 from service.pipeline.outcome import DEFAULT_APPEAL, UNAVAILABLE_RULE_ID, Appeal, unavailable_reason, with_appeal
-from service.pipeline.screening import CounterValues, ListHits, Observation, Screener
+from service.pipeline.screening import CounterValues, Decided, ListHits, Observation, Screener, Sighting
 from service.rules.compiler import compile_ruleset
 from service.rules.directory import load_directory
 from service.rules.engine import build_ruleset
@@ -130,6 +130,12 @@ class _RedisDown:
 
     async def record(self, request: ScreenRequest, decision: Decision, *args: object) -> None:
         self.recorded.append(decision)
+
+    async def observe_many(self, sightings: Sequence[Sighting], deadline: float | None = None) -> list[Observation]:
+        return [Observation(degraded=True) for _ in sightings]
+
+    async def record_many(self, decided: Sequence[Decided]) -> None:
+        self.recorded.extend(d.decision for d in decided)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The folders of service/ are layers, and imports only run down them (README, Development).
 
     tools      the riskgate command line
-    server     gRPC wiring, admin services, metrics, access control
+    server     gRPC wiring, admin services, metrics, access control, the web console
     backtest   recorded history replayed through rules directories, offline
     synth      synthetic traffic (the server's warm-up uses it)
     rules      the rule language and the rules directory

@@ -155,7 +155,7 @@ def test_unknown_permission() -> None:
     text = "roles:\n  outlet:\n    - screen\n    - screening\nprincipals: []\n"
     assert problems_of(text) == [
         f"{FILE}:4: role 'outlet': unknown permission 'screening' "
-        "(known: screen, lists.read, lists.write, rules.admin, decisions.read, dispositions.write)"
+        "(known: screen, lists.read, lists.write, rules.admin, decisions.read, dispositions.write, console)"
     ]
 
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from service.domain import Decision, EventKind, Outcome, Reason, ScreenRequest
+from service.errors import RiskgateError
 from service.pipeline.facts import Scalar
 from service.pipeline.money import CNY_ONLY
 from service.pipeline.outcome import UNAVAILABLE_RULE_ID
-from service.pipeline.screening import CounterValues, ListHits, Observation, Screener
+from service.pipeline.screening import CounterValues, Decided, ListHits, Observation, Screener, Sighting
 from tests.unit.test_facts import EVENTS, OUTLET
 
 AT = datetime(2026, 11, 23, 2, 0, tzinfo=UTC)
@@ -62,6 +63,15 @@ class RiskData:
         self, request: ScreenRequest, decision: Decision, observation: Observation, ids: Mapping[str, str]
     ) -> None:
         self.recorded.append(decision)
+
+    async def observe_many(
+        self, sightings: Sequence[Sighting], deadline: float | None = None
+    ) -> Sequence[Observation | RiskgateError]:
+        return [await self.observe(s.request, s.facts, s.ids, s.list_checks, deadline) for s in sightings]
+
+    async def record_many(self, decided: Sequence[Decided]) -> None:
+        for d in decided:
+            await self.record(d.sighting.request, d.decision, d.observation, d.sighting.ids)
 
 
 @dataclass

@@ -18,6 +18,12 @@ PERMISSION_DENIED. Both are counted by principal
 Health is open to all; reflection to any principal. The handler reads the
 principal from `current_principal()`.
 
+The same mapping of credentials to a principal serves the web console
+(`service.server.console.auth`): `Guard.recognise(Credentials)` is that one
+function, whatever carried the credentials (gRPC metadata and auth context, or
+an HTTP header, a session cookie and the TLS peer certificate), and
+`Guard.refused` counts (and audits) a refusal the same way for both.
+
 The policy and tokens files are re-read when they change (`reload`); a file
 with problems is refused and the one in force stays (and the refusal is audited).
 """
@@ -28,7 +34,7 @@ import contextvars
 import inspect
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -55,7 +61,7 @@ _Resp = TypeVar("_Resp")
 
 # Refusals audited: the admin RPCs (an outlet probing the lists is worth a line as much as one
 # trying to change them) and dispositions (labels a rule's precision is measured by).
-_AUDITED_PERMISSIONS = frozenset({"lists.read", "lists.write", "rules.admin", "dispositions.write"})
+AUDITED_PERMISSIONS = frozenset({"lists.read", "lists.write", "rules.admin", "dispositions.write"})
 _LOCAL_PEERS = ("unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D")
 
 
@@ -66,6 +72,18 @@ class Principal:
     name: str
     identity: str
     permissions: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a caller showed, whatever the protocol carrying it."""
+
+    bearer: str | None  # a bearer token; "" when one was presented malformed; None: none presented
+    certificate_names: Sequence[str] = ()  # the client certificate's SANs, then its subject CN
+    local_peer: str | None = None  # "unix", "ipv4", "http"... for a loopback or Unix-socket peer; else None
+    # A token name a signed session vouches for (the console's login): taken as that token, if the
+    # tokens file still lists it.
+    verified_token: str | None = None
 
 
 # The principal of the call being handled (set by the Guard around each handler).
@@ -138,18 +156,31 @@ class Guard(grpc.aio.ServerInterceptor):
 
     def identify(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         """The principal of a call; Unauthenticated or PermissionDenied when there is none."""
-        token = self._bearer(context.invocation_metadata() or ())
-        if token is not None:
-            name = self.tokens.verify(token)
-            if name is None:
+        auth = context.auth_context() or {}
+        identities = [_text(v) for v in auth.get("x509_subject_alternative_name", ())]
+        identities += [_text(v) for v in auth.get("x509_common_name", ())]
+        peer = context.peer() or ""
+        return self.recognise(
+            Credentials(
+                bearer=self._bearer(context.invocation_metadata() or ()),
+                certificate_names=identities,
+                local_peer=peer.split(":", 1)[0] if is_local_peer(peer) else None,
+            )
+        )
+
+    def recognise(self, credentials: Credentials) -> Principal:
+        """The principal the credentials name (gRPC's and the console's one mapping), in the order
+        of the module doc; Unauthenticated or PermissionDenied when there is none."""
+        token = credentials.bearer
+        if token is not None or credentials.verified_token is not None:
+            name = self.tokens.verify(token) if token is not None else credentials.verified_token
+            if name is None or name not in self.tokens.digests:
                 raise Unauthenticated("the bearer token is not valid", "anonymous")
             spec = self.policy.by_token(name)
             if spec is None:
                 raise PermissionDenied(f"token '{name}' holds no role in the policy", "unmatched")
             return self._principal(spec, f"token:{name}")
-        auth = context.auth_context() or {}
-        identities = [_text(v) for v in auth.get("x509_subject_alternative_name", ())]
-        identities += [_text(v) for v in auth.get("x509_common_name", ())]
+        identities = list(credentials.certificate_names)
         if identities:
             found = self.policy.by_certificate(identities)
             if found is None:
@@ -159,11 +190,10 @@ class Guard(grpc.aio.ServerInterceptor):
                 )
             spec, identity = found
             return self._principal(spec, f"cert:{identity}")
-        peer = context.peer() or ""
-        if is_local_peer(peer):
+        if credentials.local_peer is not None:
             spec = self.policy.local()
             if spec is not None:
-                return self._principal(spec, f"local:{peer.split(':', 1)[0]}")
+                return self._principal(spec, f"local:{credentials.local_peer}")
         if self.developer_default:
             raise PermissionDenied(
                 "no access policy (RISKGATE_POLICY_FILE): only loopback and Unix-socket callers are served",
@@ -207,20 +237,27 @@ class Guard(grpc.aio.ServerInterceptor):
         self, method: str, context: grpc.aio.ServicerContext[Any, Any], denied: Unauthenticated | PermissionDenied
     ) -> NoReturn:
         code = status_of(denied)
-        if self._on_denied is not None:
-            self._on_denied(denied.label, code.name)
-        if METHOD_PERMISSIONS.get(method) in _AUDITED_PERMISSIONS and self.audit is not None:
-            await self.audit.record(
-                AuditEntry(
-                    principal=denied.label,
-                    identity=_peer_identity(context),
-                    action="denied",
-                    result=code.name,
-                    detail=f"{method}: {denied}",
-                )
-            )
+        await self.refused(
+            denied,
+            permission=METHOD_PERMISSIONS.get(method),
+            identity=_peer_identity(context),
+            detail=f"{method}: {denied}",
+        )
         await context.abort(code, str(denied))
         raise AssertionError("abort returned")  # pragma: no cover - abort raises
+
+    async def refused(
+        self, denied: Unauthenticated | PermissionDenied, *, permission: str | None, identity: str, detail: str
+    ) -> None:
+        """Count a refusal by principal and code (`riskgate_access_denied_total`), and audit it when
+        what was refused needs one of AUDITED_PERMISSIONS."""
+        code = status_of(denied)
+        if self._on_denied is not None:
+            self._on_denied(denied.label, code.name)
+        if permission in AUDITED_PERMISSIONS and self.audit is not None:
+            await self.audit.record(
+                AuditEntry(principal=denied.label, identity=identity, action="denied", result=code.name, detail=detail)
+            )
 
     # --- the interceptor ---------------------------------------------------------------
 

@@ -42,6 +42,7 @@ PERMISSIONS: Mapping[str, str] = {
     "rules.admin": "Rules/ReloadRules",
     "decisions.read": "reading the decision log and the audit trail through the API (Dispositions/Get)",
     "dispositions.write": "Dispositions/Report: what happened after a decision",
+    "console": "the monitoring console's views (service.server.console; decisions.read opens them too)",
 }
 
 # The permission every RPC needs. An RPC missing here is refused to everyone (fail closed).

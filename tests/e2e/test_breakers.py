@@ -122,11 +122,20 @@ def screen_under_load(server: RunningServer, streams: int = STREAMS, each: int =
     answers: queue.Queue[tuple[float, pb.Decision]] = queue.Queue()
 
     def stream() -> None:
+        # As a counter terminal does: the next transfer once the last one is answered, so that at
+        # most `streams` screenings are in flight (a stream sending ahead is screened in batches).
+        answered: queue.Queue[None] = queue.Queue()
+
+        def requests() -> Iterator[pb.ScreenRequest]:
+            for _ in range(each):
+                yield transfer()
+                answered.get(timeout=BOUND)
+
         with server.channel() as channel:
-            requests = iter([transfer() for _ in range(each)])
-            replies = pb_grpc.ScreeningStub(channel).ScreenStream(requests, timeout=BOUND)
+            replies = pb_grpc.ScreeningStub(channel).ScreenStream(requests(), timeout=BOUND)
             for decision in replies:
                 answers.put((time.monotonic(), decision))
+                answered.put(None)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=streams) as pool:
         for future in [pool.submit(stream) for _ in range(streams)]:

@@ -100,7 +100,8 @@ def _warned(channel: grpc.Channel, metadata: Metadata) -> screening_pb.Decision:
     decision: screening_pb.Decision = screening_grpc.ScreeningStub(channel).Screen(
         request, timeout=10, metadata=metadata
     )
-    assert decision.outcome == screening_pb.OUTCOME_WARN and [r.rule_id for r in decision.reasons] == [T18]
+    # T18 warns; at night (China time) the night-transfer rule may warn beside it.
+    assert decision.outcome == screening_pb.OUTCOME_WARN and T18 in [r.rule_id for r in decision.reasons]
     return decision
 
 

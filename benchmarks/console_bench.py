@@ -40,6 +40,7 @@ import redis
 import redis.asyncio
 
 from benchmarks.common import Json, part_main, rounded
+from benchmarks.counters_bench import redis_cpu, script_usec
 from service.domain import Decision, Outcome, Reason
 from service.errors import ValidationError
 from service.pipeline.facts import facts, identifiers
@@ -110,17 +111,6 @@ def untallied(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (*args[:14], 0, 0, 0, 0, *args[18:22], *args[22 + m + d + h + f :])
 
 
-def _redis_cpu(sync: redis.Redis) -> float:
-    cpu: Any = sync.info("cpu")
-    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
-
-
-def _script_usec(sync: redis.Redis) -> float:
-    """The script's time (`cmdstat_evalsha`): the commands it calls included."""
-    stats: Any = sync.info("commandstats")
-    return float(stats.get("cmdstat_evalsha", {}).get("usec", 0))
-
-
 def write(sync: redis.Redis, sha: str, argument_lists: Sequence[tuple[Any, ...]]) -> None:
     for start in range(0, len(argument_lists), _BATCH):
         pipe = sync.pipeline(transaction=False)
@@ -133,10 +123,10 @@ def cost_round(sync: redis.Redis, sha: str, argument_lists: Sequence[tuple[Any, 
     """Redis CPU per decision: the script's µs (commandstats), and the process's CPU µs."""
     sync.flushall()
     sync.config_resetstat()
-    before = _redis_cpu(sync)
+    before = redis_cpu(sync)
     write(sync, sha, argument_lists)
     count = len(argument_lists)
-    return _script_usec(sync) / count, (_redis_cpu(sync) - before) / count * 1e6
+    return script_usec(sync) / count, (redis_cpu(sync) - before) / count * 1e6
 
 
 def _key_bytes(sync: redis.Redis, pattern: str) -> int:

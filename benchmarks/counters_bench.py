@@ -130,27 +130,28 @@ class Run:
     redis_process_us: float
 
 
-def _redis_cpu(sync: redis.Redis) -> float:
+def redis_cpu(sync: redis.Redis) -> float:
     cpu: Any = sync.info("cpu")
     return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
-def _script_usec(sync: redis.Redis) -> float:
+def script_usec(sync: redis.Redis) -> float:
+    """The script's time (`cmdstat_evalsha`): the commands it calls included."""
     stats: Any = sync.info("commandstats")
     return float(stats.get("cmdstat_evalsha", {}).get("usec", 0))
 
 
 async def _timed(sync: redis.Redis, work: Callable[[], Any], count: int) -> Run:
     sync.config_resetstat()
-    process_before = _redis_cpu(sync)
+    process_before = redis_cpu(sync)
     cpu, wall = time.process_time(), time.perf_counter()
     await work()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     return Run(
         wall_us=wall / count * 1e6,
         python_cpu_us=cpu / count * 1e6,
-        redis_script_us=_script_usec(sync) / count,
-        redis_process_us=(_redis_cpu(sync) - process_before) / count * 1e6,
+        redis_script_us=script_usec(sync) / count,
+        redis_process_us=(redis_cpu(sync) - process_before) / count * 1e6,
     )
 
 

@@ -396,7 +396,7 @@ def streams(s: _Session, depth: int = 1) -> Json:
     }
     _print(
         f"compiled client, ScreenStream ({s.cfg.streams} streams, {shape}): {eps:.0f} events/s vs echo stream "
-        f"{echo_mps:.0f} msg/s = {out['compiled.stream_ratio']}; server "
+        f"{echo_mps:.0f} msg/s = {out[f'{key}_ratio']}; server "
         f"{out[f'{key}_server_cpu_us_per_event']} us/event vs "
         f"{out[f'{key}_echo_server_cpu_us_per_message']} us/msg = {out[f'{key}_server_cpu_ratio']}"
     )

@@ -1,14 +1,16 @@
 """Where the server's time goes: py-spy samples of one saturated run, sorted into the screening's steps.
 
-    python -m benchmarks.profile [--seconds 10] [--rate 100] [--nonblocking] [--folded PATH] [--json PATH]
+    python -m benchmarks.profile [--seconds 10] [--rate 100] [--inflight 16] [--nonblocking]
+                                 [--folded PATH] [--json PATH]
 
 Starts the stack of `benchmarks.e2e` (redis-server + `riskgate serve`, shipped rules), saturates it
-with the same load generator (3 client processes × 8 calls in flight, `riskgate synth` requests),
-and meanwhile samples the server with py-spy (`py-spy record --format raw`, Python frames, idle
-threads left out; installed into the venv when missing). py-spy pauses the server for each sample:
-without that (`--nonblocking`) the stacks of coroutines resumed from C (grpc.aio's Cython, asyncio's
-C tasks) often come out cut short at the loop, and half the time looks like gRPC's. Server CPU per
-screening and per thread come from /proc over the same seconds.
+with the compiled load generator of `benchmarks.compiled` (16 calls in flight over 2 connections,
+`riskgate synth` requests; `make loadgen` builds it), and meanwhile samples the server with py-spy
+(`py-spy record --format raw`, Python frames, idle threads left out; installed into the venv when
+missing). py-spy pauses the server for each sample: without that (`--nonblocking`) the stacks of
+coroutines resumed from C (grpc.aio's Cython, asyncio's C tasks) often come out cut short at the
+loop, and half the time looks like gRPC's. Server CPU per screening and per thread come from /proc
+over the same seconds.
 
 Each sample is put in one step of the pipeline (`STAGES`: the first step, in that order, that one
 of its frames names), and separately in one component (`COMPONENTS`: the code base of the innermost
@@ -40,10 +42,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import loadgen
+from benchmarks import compiled
 from benchmarks.common import Json, thread_cpu_seconds, versions
 from benchmarks.servers import SCREEN_METHOD, ScreeningStack
-from benchmarks.traffic import PoolSlice, repeats_needed, write_pool
+from benchmarks.traffic import write_pool
 
 # (step, markers): a sample belongs to the first step, in this order, that one of its frames names.
 # The steps do not call each other, so the order only matters for the catch-alls at the end.
@@ -58,7 +60,17 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("risk data: counters + lists round trip", ("BoundRiskData._read", "CounterStore.prepare", "Watchlists.plan")),
     ("decision log + idempotency write", ("BoundRiskData.record", "(service/riskdata/records.py", "DecisionLog.queue")),
     ("risk data: other (hashing keys, budget)", ("BoundRiskData.observe", "RiskDataStore.", "counters_to_update")),
-    ("screening glue", ("(service/pipeline/screening.py", "(service/server/app.py")),
+    (
+        "screening glue",
+        (
+            "(service/pipeline/screening.py",
+            "(service/pipeline/gather.py",
+            "(service/server/screening.py",
+            "(service/server/app.py",
+        ),
+    ),
+    # the interceptor's wrapper is below every handler: only what no step above claims is its own
+    ("access control (interceptor)", ("(service/server/access/",)),
 )
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("redis-py (client, pipeline, socket I/O)", ("(redis/",)),
@@ -139,32 +151,24 @@ def _table(title: str, rows: list[tuple[str, float, float]]) -> str:
     return "\n".join(lines)
 
 
-def profile(seconds: float, rate: int, clients: int, inflight: int, pool_events: int, blocking: bool = True) -> Json:
+def profile(seconds: float, rate: int, inflight: int, pool_events: int, blocking: bool = True) -> Json:
     spy = py_spy()
     with tempfile.TemporaryDirectory(prefix="rg-profile-") as tmp:
         pool = write_pool(Path(tmp) / "pool.bin", seed=1, events=pool_events, now=datetime.now(UTC))
         folded = Path(tmp) / "stacks.txt"
-        total_seconds = seconds + 4.0
-        repeats = repeats_needed(pool.events, clients, 3000 * (total_seconds + 2) / clients)
         with ScreeningStack() as stack:
-            warm = PoolSlice(str(pool.path), "pwarm", clients, repeats)
-            spec = loadgen.LoadSpec(
-                target=stack.address, method=SCREEN_METHOD, request_factory=warm, clients=clients, inflight=inflight,
-                seconds=3, warmup=0.5,
-            )  # fmt: skip
-            loadgen.run(spec)
-            factory = PoolSlice(str(pool.path), "prof", clients, repeats)
+            compiled.drive(stack.address, SCREEN_METHOD, pool.path, seconds=3, warmup=0.5, unique_ids="pwarm")
             result: dict[str, Any] = {}
 
             def drive() -> None:
-                run_spec = loadgen.LoadSpec(
-                    **{**spec.__dict__, "request_factory": factory, "seconds": total_seconds, "warmup": 1.0}
-                )
-                result["load"] = loadgen.run(run_spec, server_pid=stack.pid)
+                result["load"] = compiled.drive(
+                    stack.address, SCREEN_METHOD, pool.path, inflight=inflight, seconds=seconds + 3.0, warmup=0.5,
+                    unique_ids="prof", watch_pids=[stack.pid, stack.redis_pid],
+                )  # fmt: skip
 
             loader = threading.Thread(target=drive)
             loader.start()
-            time.sleep(4.0)  # clients spawned and the window open
+            time.sleep(1.5)  # the client connected and the window open
             before, threads0 = stack.snapshot(), thread_cpu_seconds(stack.pid)
             subprocess.run(
                 [spy, "record", "--pid", str(stack.pid), "--duration", str(int(seconds)), "--rate", str(rate),
@@ -185,7 +189,6 @@ def profile(seconds: float, rate: int, clients: int, inflight: int, pool_events:
     us_per_sample = main_us / total
     stages = breakdown(main_samples, STAGES, us_per_sample)
     components = breakdown(main_samples, COMPONENTS, us_per_sample)
-    load = result["load"]
     return {
         "profile.screenings": int(screened),
         "profile.rps": round(screened / seconds),
@@ -196,7 +199,7 @@ def profile(seconds: float, rate: int, clients: int, inflight: int, pool_events:
         "profile.samples": total,
         "profile.stages": [(n, round(s, 4), round(u, 1)) for n, s, u in stages],
         "profile.components": [(n, round(s, 4), round(u, 1)) for n, s, u in components],
-        "profile.load": load.describe(),
+        "profile.load": result["load"],
         "profile.redis": after.minus(before),
         "profile.folded": folded_text,
         "versions": versions(),
@@ -207,8 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="sampled seconds (default 10, at most 60)")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second (default 100)")
-    parser.add_argument("--clients", type=int, default=3)
-    parser.add_argument("--inflight", type=int, default=8)
+    parser.add_argument("--inflight", type=int, default=16, help="calls in flight (default 16, over 2 connections)")
     parser.add_argument(
         "--nonblocking",
         action="store_true",
@@ -219,9 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.seconds <= 60 or not 10 <= args.rate <= 1000:
         parser.error("--seconds 1..60, --rate 10..1000")
-    figures = profile(
-        args.seconds, args.rate, args.clients, args.inflight, pool_events=20_000, blocking=not args.nonblocking
-    )
+    figures = profile(args.seconds, args.rate, args.inflight, pool_events=20_000, blocking=not args.nonblocking)
     folded = figures.pop("profile.folded")
     if args.folded:
         Path(args.folded).write_text(folded)

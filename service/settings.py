@@ -392,6 +392,14 @@ SETTINGS: dict[str, SettingDoc] = {
         _positive_float,
         "A ScreenStream that sends nothing for this long is ended with UNAVAILABLE (open a new one).",
     ),
+    "screen_batch": SettingDoc(
+        "RISKGATE_SCREEN_BATCH",
+        "32",
+        _positive_int,
+        "Concurrent Screen calls that arrive together are screened as one batch of up to this many "
+        "(one Redis exchange for their counters, one for their records), each decided as if alone; "
+        "1 screens every call by itself.",
+    ),
     "connection_idle_seconds": SettingDoc(
         "RISKGATE_CONNECTION_IDLE_SECONDS",
         "900",
@@ -454,6 +462,7 @@ class Settings:
     max_concurrent_rpcs: int
     max_streams_per_connection: int
     stream_idle_seconds: float
+    screen_batch: int
     connection_idle_seconds: float
     keepalive_min_seconds: float
     max_future_skew_seconds: float

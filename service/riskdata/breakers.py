@@ -33,6 +33,8 @@ card opening's 7 (a transfer's counter script: about 200 us); 8 us of client CPU
 call (its RESP is packed once per rules bundle, `prepare`) and read its answer; 80-100 bytes per
 rule on the wire. A block sums the window's 20 buckets (38 us): rare in a sound rule. No round
 trip is added.
+Its increments are strings (6 % fewer instructions than numbers, which redis.call formats
+with %.17g; callgrind on a replay of recorded traffic).
 
 Redis trouble. The breaker never blocks or fails a screening: a call that errs, or a record round
 trip that does not happen (Redis down, over budget, its circuit open), counts nothing and keeps
@@ -67,6 +69,8 @@ _ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError, StoreUnavai
 # length (ms), min_events, max share (millionths). Answers per rule: code (0 armed, 1 tripped by
 # this call, 2 demoted already), tripped at (ms, 0 when armed), events and blocks (of the window
 # at a block or a trip, of the trip when demoted; 0 otherwise).
+# The increments are strings: a Lua number given to redis.call is formatted with %.17g first
+# (measured: 2 us of the 14 us a transfer's 3 rules cost).
 COUNT = f"""
 local now = tonumber(ARGV[1])
 local out = {{}}
@@ -85,12 +89,12 @@ for i, key in ipairs(KEYS) do
     local prefix = key .. ':' .. (state[2] or '0') .. ':'
     local bucket = math.floor(now / width)
     local here = prefix .. bucket
-    if redis.call('HINCRBY', here, 'e', 1) == 1 then
+    if redis.call('HINCRBY', here, 'e', '1') == 1 then
       redis.call('PEXPIRE', here, width * {BUCKETS + 1})
     end
     local code, events, blocks = 0, 0, 0
     if ARGV[a] == '1' then
-      redis.call('HINCRBY', here, 'b', 1)
+      redis.call('HINCRBY', here, 'b', '1')
       for b = bucket - {BUCKETS - 1}, bucket do
         local v = redis.call('HMGET', prefix .. b, 'e', 'b')
         events = events + (tonumber(v[1]) or 0)

@@ -230,7 +230,12 @@ class Server:
         self.metrics.set_revision(active.revision)
         self._check_rates()
         service = ScreeningService(
-            self.screener, self._validator(), self.metrics, self.clock, self.settings.stream_idle_seconds
+            self.screener,
+            self._validator(),
+            self.metrics,
+            self.clock,
+            self.settings.stream_idle_seconds,
+            self.settings.screen_batch,
         )
         service.add_to(self._grpc)
         self._service = service

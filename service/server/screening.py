@@ -1,6 +1,7 @@
 """The riskgate.v1.Screening service: Screen and ScreenStream over the screening pipeline, with
 the request path's metrics, a lenient parser (bad bytes are INVALID_ARGUMENT, not UNKNOWN), idle
-streams and the stop."""
+streams and the stop. Concurrent Screen calls are screened in batches (`service.pipeline.gather`,
+`RISKGATE_SCREEN_BATCH`), a stream's messages in batches of what it has sent."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from service.domain import Decision, ScreenRequest
 from service.errors import FieldProblem, InternalError, RiskgateError, ValidationError
 from service.logs import Throttled
 from service.pipeline import api
+from service.pipeline.gather import Gather
 from service.pipeline.screening import Screener
 from service.server.metrics import Metrics
 
@@ -62,8 +64,10 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         metrics: Metrics,
         clock: Clock,
         stream_idle_seconds: float = 300.0,
+        screen_batch: int = STREAM_BATCH,
     ) -> None:
         self._screener = screener
+        self._gather = Gather(screener.screen_many, screen_batch)  # concurrent Screen calls, batched
         self._validate = validator
         self._metrics = metrics
         self._clock = clock
@@ -106,7 +110,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         """Validate and screen one request; RiskgateErrors propagate to the caller's mapping."""
         started = time.perf_counter()
         try:
-            decision = await self._screener.screen(self._validate(request), self._deadline(time_remaining))
+            decision = await self._gather.screen(self._validate(request), self._deadline(time_remaining))
         except RiskgateError as error:
             self._metrics.errors.labels(rpc, api.status_of(error).name).inc()
             raise

@@ -74,7 +74,7 @@ from service.errors import InFlight, RequestIdReused, RiskgateError, StoreLate, 
 from service.logs import Throttled
 from service.pipeline.breakers import BreakerWatch, blocked_by
 from service.pipeline.facts import Scalar
-from service.pipeline.screening import Decided, Observation, Sighting
+from service.pipeline.screening import Decided, Observation, Sighting, share_loop
 from service.redis.keys import KeyHasher
 from service.riskdata.breakers import COUNT as BREAKER_COUNT
 from service.riskdata.breakers import BreakerCalls, RuleBreakers, watches_by_kind
@@ -399,7 +399,7 @@ class BoundRiskData:
     ) -> list[Observation | RiskgateError]:
         """See `service.pipeline.screening.RiskData.observe_many` and the module's doc."""
         store = self._store
-        planned = self._plan_batch(sightings)
+        planned = await self._plan_batch(sightings)
         observed: list[Observation | RiskgateError | None] = [None] * len(planned)
         counting = list(range(len(planned)))
         if not self._folds_claim:
@@ -441,14 +441,15 @@ class BoundRiskData:
             )
         return [o for o in observed if o is not None]
 
-    def _plan_batch(self, sightings: Sequence[Sighting]) -> list[_Planned]:
+    async def _plan_batch(self, sightings: Sequence[Sighting]) -> list[_Planned]:
         """The claims and plans of the longest prefix of `sightings` (at least one) in which no
         request must see an earlier one's record: the module's doc says which."""
         store = self._store
         planned: list[_Planned] = []
         keys: set[str] = set()
         taken_back: set[bytes] = set()  # counter keys a BLOCK of an earlier request would retract
-        for sighting in sightings:
+        for done, sighting in enumerate(sightings, 1):
+            await share_loop(done)
             request = sighting.request
             key = store.request_key(request)
             lookups, plan = self._plan(request, sighting.facts, sighting.ids, sighting.list_checks)
@@ -628,13 +629,19 @@ class BoundRiskData:
         """For each decision, in order and in one exchange: keep it for retries, undo a blocked
         opening's active counts, count it for the rule breakers, and log it."""
         store = self._store
-        logged = [self._logged(d) for d in decided]
+        logged: list[LogEntry] = []
+        for done, one in enumerate(decided, 1):
+            await share_loop(done)
+            logged.append(self._logged(one))
         if not store.breaker.allow():
             for entry in logged:
                 store.log.defer(entry, sent=False)
             return
         pipe = self._counters.pipeline()
-        queued = [self._queue_record(pipe, d, entry) for d, entry in zip(decided, logged, strict=True)]
+        queued = []
+        for done, (one, entry) in enumerate(zip(decided, logged, strict=True), 1):
+            await share_loop(done)
+            queued.append(self._queue_record(pipe, one, entry))
         try:
             replies = await store.bounded(pipe.execute(raise_on_error=False), None)
         except StoreUnavailable as error:

@@ -31,9 +31,9 @@ from service.pipeline.money import ExchangeRates
 from service.pipeline.outcome import decide, unavailable_reason
 
 # A batch's CPU work (planning, rules, log entries) gives the event loop back after this many
-# events: other calls' steps run in between, so a client streaming in batches of 32 never holds
-# the loop for 32 events' work at a time (measured by `benchmarks.fairness`: a victim's p99 beside
-# a greedy streamer).
+# events: other calls' steps run in between, so a batch (a stream's 8, or up to 32 gathered Screen
+# calls) never holds the loop for all its events' work at once (measured by `benchmarks.fairness`:
+# a victim's p99 beside a greedy streamer).
 SLICE = 4
 
 

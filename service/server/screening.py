@@ -65,8 +65,8 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         validator: Callable[[pb.ScreenRequest], ScreenRequest],
         metrics: Metrics,
         clock: Clock,
-        stream_idle_seconds: float = 300.0,
-        screen_batch: int = STREAM_BATCH,
+        stream_idle_seconds: float,
+        screen_batch: int,
     ) -> None:
         self._screener = screener
         self._gather = Gather(screener.screen_many, screen_batch)  # concurrent Screen calls, batched

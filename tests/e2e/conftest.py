@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from playwright.sync_api import Browser, sync_playwright
 
 from service.redis.embedded import free_port
 from tests.conftest import REPO
@@ -148,3 +149,28 @@ def external_server(
         RISKGATE_HASH_SECRET_FILE=str(secret),
         **env,
     )
+
+
+# The headless Chromium of the page tests (the backtest report, the console).
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium phones home at start, and this network refuses it.
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make setup` installs it (Debian's package chromium)", pytrace=False)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield chromium
+        chromium.close()

@@ -7,37 +7,12 @@ own browser downloads are never used. A missing Chromium fails the test: it is p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Route, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Route
 
 from service.backtest.html import render
 from tests.unit.test_backtest_html import sample_report
-
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking flags Chromium phones home at start, and this network refuses it.
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make setup` installs it (Debian's package chromium)", pytrace=False)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 def test_the_report_renders_offline(browser: Browser, tmp_path: Path) -> None:

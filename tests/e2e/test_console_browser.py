@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response, Route, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Response, Route
 from playwright.sync_api import Error as PlaywrightError
 
 from service.server.access.tokens import new_token
 from tests.conftest import REPO
 from tests.e2e.conftest import RISKGATE, RunningServer, start_server
-from tests.e2e.test_backtest_html_browser import ARGS, CHROMIUM
 
 POLICY = """\
 roles:
@@ -127,16 +126,6 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         yield Console(server, tmp, tokens, identifiers, f"http://{server.console_address}")
     finally:
         assert server.terminate() == 0, server.log()[-3000:]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make setup` installs it (Debian's package chromium)", pytrace=False)
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield chromium
-        chromium.close()
 
 
 @dataclass

@@ -14,7 +14,6 @@ injected.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -29,19 +28,7 @@ from service.pipeline.breakers import demote
 from service.pipeline.facts import Scalar, facts, identifiers
 from service.pipeline.money import ExchangeRates
 from service.pipeline.outcome import decide, unavailable_reason
-
-# A batch's CPU work (planning, rules, log entries) gives the event loop back after this many
-# events: other calls' steps run in between, so a batch (a stream's 8, or up to 32 gathered Screen
-# calls) never holds the loop for all its events' work at once (measured by `benchmarks.fairness`:
-# a victim's p99 beside a greedy streamer).
-SLICE = 4
-
-
-async def share_loop(done: int) -> None:
-    """After every `SLICE`-th of a batch's events (`done` of them so far), let the loop run others first."""
-    if done % SLICE == 0:
-        await asyncio.sleep(0)
-
+from service.pipeline.turns import share_loop
 
 ListHits = Mapping[tuple[str, str], bool]
 CounterValues = Mapping[str, int | float]
@@ -174,7 +161,7 @@ class Screener:
             while waiting:
                 observations = await risk_data.observe_many([sighting for _, sighting in waiting], deadline)
                 to_record: list[Decided] = []
-                for done, ((index, sighting), observation) in enumerate(zip(waiting, observations, strict=False), 1):
+                for done, ((index, sighting), observation) in enumerate(zip(waiting, observations, strict=False)):
                     await share_loop(done)
                     if isinstance(observation, RiskgateError):
                         decided[index] = observation

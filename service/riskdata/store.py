@@ -74,7 +74,8 @@ from service.errors import InFlight, RequestIdReused, RiskgateError, StoreLate, 
 from service.logs import Throttled
 from service.pipeline.breakers import BreakerWatch, blocked_by
 from service.pipeline.facts import Scalar
-from service.pipeline.screening import Decided, Observation, Sighting, share_loop
+from service.pipeline.screening import Decided, Observation, Sighting
+from service.pipeline.turns import share_loop
 from service.redis.keys import KeyHasher
 from service.riskdata.breakers import COUNT as BREAKER_COUNT
 from service.riskdata.breakers import BreakerCalls, RuleBreakers, watches_by_kind

@@ -1,7 +1,8 @@
 """The riskgate.v1.Screening service: Screen and ScreenStream over the screening pipeline, with
 the request path's metrics, a lenient parser (bad bytes are INVALID_ARGUMENT, not UNKNOWN), idle
 streams and the stop. Concurrent Screen calls are screened in batches (`service.pipeline.gather`,
-`RISKGATE_SCREEN_BATCH`), a stream's messages in batches of what it has sent."""
+`RISKGATE_SCREEN_BATCH`), a stream's messages in batches of what it has sent; clients take turns
+(`service.pipeline.turns`)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from service.errors import FieldProblem, InternalError, RiskgateError, Validatio
 from service.logs import Throttled
 from service.pipeline import api
 from service.pipeline.gather import Gather
-from service.pipeline.screening import Screener, share_loop
+from service.pipeline.screening import Screener
+from service.pipeline.turns import LANE, Lanes, share_loop
 from service.server.metrics import Metrics
 
 log = logging.getLogger("riskgate.server")
@@ -70,6 +72,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
     ) -> None:
         self._screener = screener
         self._gather = Gather(screener.screen_many, screen_batch)  # concurrent Screen calls, batched
+        self._lanes = Lanes()  # a connection's streams: at most 2 batches deciding at once
         self._validate = validator
         self._metrics = metrics
         self._clock = clock
@@ -162,9 +165,12 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         ends when the client closes it, after `stream_idle_seconds` without a message, or at stop.
 
         A reader task takes the messages as they arrive; what has arrived while the previous
-        answers were made is screened as a batch (`Screener.screen_many`, up to `STREAM_BATCH`)."""
+        answers were made is screened as a batch (`Screener.screen_many`, up to `STREAM_BATCH`).
+        The streams of one connection are one client in `service.pipeline.turns`: they take turns
+        with the other clients for the loop and have at most 2 batches deciding at once."""
         task = asyncio.current_task()
         assert task is not None
+        LANE.set(context.peer())  # the streams of one connection take their turns as one client
         arrived: asyncio.Queue[object] = asyncio.Queue(STREAM_BATCH)
         reader = asyncio.get_running_loop().create_task(_read_into(context, arrived))
         try:
@@ -209,7 +215,7 @@ class ScreeningService(pb_grpc.ScreeningServicer):
         requests: list[ScreenRequest] = []
         positions: list[int] = []
         for index, message in enumerate(messages):
-            await share_loop(index + 1)
+            await share_loop(index)
             if isinstance(message, Unparseable) or not isinstance(message, pb.ScreenRequest):
                 self._bad_bytes("ScreenStream")
                 answers[index] = api.error_to_proto("", _UNPARSEABLE)
@@ -221,7 +227,8 @@ class ScreeningService(pb_grpc.ScreeningServicer):
                 continue
             positions.append(index)
         try:
-            decided = await self._screener.screen_many(requests, self._deadline(time_remaining))
+            async with self._lanes.slot(LANE.get()):
+                decided = await self._screener.screen_many(requests, self._deadline(time_remaining))
         except Exception:
             log.exception("screening failed", extra={"fields": {"rpc": "ScreenStream"}})
             decided = [_INTERNAL] * len(requests)

@@ -2,7 +2,8 @@
 of Redis (`benchmarks.fairness`: a victim's unary p99 beside a greedy streamer).
 
 A *lane* is one client: a ScreenStream's connection (`LANE`, set by its handler: every stream on
-one connection is one lane), or the Screen calls, which `service.pipeline.gather` screens together
+one connection is one lane; over a Unix socket every connection has the same peer, so all
+streams there are one lane), or the Screen calls, which `service.pipeline.gather` screens together
 in batches mixing their callers. Two things are shared out by lane:
 
 * **The loop** (`share_loop`, `Turns`): a batch's CPU work (planning, rules, log entries) is cut
@@ -35,7 +36,9 @@ SLICE = 4
 # Batches of one lane deciding at once. Measured beside a greedy streamer (4 streams, 32 in flight,
 # one connection): the victim's Redis exchanges took p50 2.2 ms with no limit, 1.5 with 2, 1.0
 # with 1, against 0.5 alone; with 1 the server's loop was no longer busy while the greedy client
-# waited (not work-conserving), with 2 the greedy client's events/s was no lower.
+# waited (not work-conserving), with 2 the greedy client's events/s was no lower. Its cost: a
+# client alone streaming 64 deep on 16 streams over 2 connections, ~15 % fewer events/s
+# (`benchmarks.paired --mode stream`, with the turns).
 RUNNING = 2
 
 

@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # The lane of the task that runs: a stream's handler sets its connection's peer; Screen calls keep
 # the default.
@@ -106,7 +106,7 @@ async def share_loop(done: int) -> None:
 @dataclass(slots=True)
 class _Lane:
     slots: asyncio.Semaphore
-    users: int = field(default=0)  # batches holding or waiting for a slot
+    users: int = 0  # batches holding or waiting for a slot
 
 
 class Lanes:

@@ -110,7 +110,8 @@ def _screen_both_ways(tmp_path: Path, requests: list[pb.ScreenRequest]) -> tuple
 
 def test_a_stream_decides_a_synth_stream_as_unary_calls_do(tmp_path: Path) -> None:
     now = datetime.now(UTC)
-    labelled = generate(7, EVENTS, 0.5, now, population=1500, fraud_scale=30.0)
+    # A whole day: openings (what blocks) happen in branch hours, so a shorter window may hold none.
+    labelled = generate(7, EVENTS, 1.0, now, population=1500, fraud_scale=30.0)
     requests = [request for request, _ in labelled]
     unary, _ = _screen_both_ways(tmp_path, requests)
     assert len(unary) == EVENTS

@@ -10,8 +10,10 @@ in batches mixing their callers. Two things are shared out by lane:
   into slices of `SLICE` events; between slices a task parks in its lane's queue, and the lanes
   with a task parked take turns, one task woken per pass of the event loop, with everything else
   the loop has ready (gRPC's reads and writes, Redis replies, a Screen call's own steps) run in
-  between. A client with many streams gets one slice per pass, not one per stream. A task alone
-  parks for one pass, as `asyncio.sleep(0)` would.
+  between. A client with many streams gets one slice per pass, not one per stream. And a slice
+  comes after what else is ready: while the loop has other callbacks waiting (a reply to read,
+  an answer to write, the next step of someone's call), waking the next slice waits a pass, for
+  at most `DEFER` passes. A task alone parks for at least one pass, as `asyncio.sleep(0)` would.
 * **Redis** (`Lanes`): a lane has at most `RUNNING` batches deciding at once, as all Screen calls
   together have (`gather.RUNNING`). Redis runs one client's pipeline at a time, so a neighbour's
   exchange waits behind the greedy client's two batches at most, not behind one per stream.
@@ -40,6 +42,14 @@ SLICE = 4
 # client alone streaming 64 deep on 16 streams over 2 connections, ~15 % fewer events/s
 # (`benchmarks.paired --mode stream`, with the turns).
 RUNNING = 2
+# Passes the next slice waits at most while other callbacks are ready. Measured beside a greedy
+# streamer (`benchmarks.fairness`' two scenarios, 3 rounds of 4 s, the working tree with and
+# without it, interleaved; the victim's latency in the server's handler): the victim's p50 x3.35
+# and x2.96 its solo figure without it, x1.35 and x1.50 with 8; its p99 x3.47 and x2.72 against
+# x1.99 and x1.43 (32 passes: x2.07 p99, x1.99 p50, one run). Its cost: a client alone streaming
+# 64 deep on 16 streams over 2 connections, 5-7 % fewer events/s (`benchmarks.paired --mode
+# stream`, three runs); unary calls at saturation and at 700/s the same within noise.
+DEFER = 8
 
 
 class Turns:
@@ -49,6 +59,7 @@ class Turns:
         self._loop = loop
         self._lanes: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
         self._serving = False  # a `_serve` is scheduled
+        self._deferred = 0  # passes the next wake has waited for the others' callbacks
 
     async def wait(self, lane: str) -> None:
         """Park until `lane`'s turn comes."""
@@ -63,7 +74,13 @@ class Turns:
         await turn  # a cancelled task's turn is skipped by `_serve`
 
     def _serve(self) -> None:
-        """Wake the first task of the lane first in line; that lane goes to the back."""
+        """Wake the first task of the lane first in line (that lane goes to the back), once the
+        other callbacks ready have run or `DEFER` passes have gone by."""
+        if self._deferred < DEFER and _others_ready(self._loop):
+            self._deferred += 1
+            self._loop.call_soon(self._serve)
+            return
+        self._deferred = 0
         while self._lanes:
             lane, parked = next(iter(self._lanes.items()))
             turn = parked.popleft()
@@ -82,6 +99,13 @@ class Turns:
     def parked(self) -> int:
         """Tasks waiting for their turn."""
         return sum(len(parked) for parked in self._lanes.values())
+
+
+def _others_ready(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether callbacks wait in `loop`'s ready queue (the running one is not in it). asyncio's
+    own loops keep them in the deque `_ready` (so since Python 3.4, though not public); a loop
+    without it (uvloop) is taken to have none, and is served one slice per pass."""
+    return bool(getattr(loop, "_ready", None))
 
 
 _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Turns] = weakref.WeakKeyDictionary()

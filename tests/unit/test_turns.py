@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from service.pipeline.turns import LANE, SLICE, Lanes, share_loop, turns
+from service.pipeline.turns import DEFER, LANE, SLICE, Lanes, share_loop, turns
 
 
 async def _worker(lane: str, name: str, slices: int, order: list[str]) -> None:
@@ -54,6 +54,43 @@ def test_a_lone_task_waits_one_pass_and_others_run_meanwhile() -> None:
         return order
 
     assert asyncio.run(main()) == ["other", "parked"]
+
+
+async def _steps(name: str, count: int, order: list[str]) -> None:
+    """A call's steps, one per pass: each is ready when the one before it ends."""
+    for step in range(count):
+        order.append(f"{name}{step}")
+        await asyncio.sleep(0)
+
+
+def test_a_slice_waits_while_other_callbacks_are_ready() -> None:
+    """A call's next steps run before a parked slice, as long as they keep the loop busy for fewer
+    than DEFER passes; without the wait the slice would run after the call's first step."""
+
+    async def main() -> list[str]:
+        order: list[str] = []
+        parked = asyncio.create_task(_worker("stream", "slice", 1, order))
+        await asyncio.sleep(0)  # parked now
+        await asyncio.gather(parked, _steps("call", 3, order))
+        return order
+
+    order = asyncio.run(main())
+    assert order == ["call0", "call1", "call2", "slice"]
+
+
+def test_a_busy_loop_delays_a_slice_by_at_most_defer_passes() -> None:
+    async def main() -> int:
+        order: list[str] = []
+        busy = asyncio.create_task(_steps("busy", 10 * DEFER, order))
+        await asyncio.sleep(0)
+        before = len(order)
+        await _worker("stream", "slice", 1, order)  # parks while `busy` always has a step ready
+        passes = order.index("slice") - before  # busy's steps run meanwhile, one per pass
+        busy.cancel()
+        return passes
+
+    passes = asyncio.run(main())
+    assert DEFER <= passes <= DEFER + 2
 
 
 def test_share_loop_parks_only_every_slice() -> None:

@@ -1,5 +1,6 @@
 """Clients served in turn (service.pipeline.turns): the order lanes are woken in, a lone task, a
-cancelled one, and the per-lane limit on batches deciding at once."""
+cancelled one, a slice waiting behind the callbacks ready (for at most DEFER passes), and the
+per-lane limit on batches deciding at once."""
 
 from __future__ import annotations
 
